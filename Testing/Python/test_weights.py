@@ -1,0 +1,485 @@
+"""Tests of VISTA3DSlicerLib.weights against a local HTTP server (no internet).
+
+The server serves a small generated checkpoint, honours Range requests and can misbehave on
+purpose: cut the connection after N bytes, ignore Range, serve corrupted bytes, go slowly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+LIB_DIR = Path(__file__).resolve().parents[2] / "VISTA3DSlicer"
+if str(LIB_DIR) not in sys.path:  # the package may not be installed in this environment
+    sys.path.insert(0, str(LIB_DIR))
+
+from VISTA3DSlicerLib import weights  # noqa: E402
+from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError  # noqa: E402
+from VISTA3DSlicerLib.progress import CancelToken  # noqa: E402
+from VISTA3DSlicerLib.weights import (  # noqa: E402
+    ChecksumError,
+    DownloadError,
+    WeightsNotFoundError,
+    WeightsSource,
+)
+
+CHUNK = 64 * 1024  # small download chunks, so that a 3 MB file gives many progress reports
+
+
+# --- the local server ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """What the server serves, how it misbehaves, and a log of the requests it answered."""
+
+    payload: bytes
+    url: str = ""
+    cut_after: Optional[int] = None  # close the connection after this many body bytes ...
+    cuts_left: int = 1  # ... on this many requests, then serve normally
+    ignore_range: bool = False  # answer 200 with the whole file even when asked for a Range
+    corrupt: bool = False  # serve the payload with one byte flipped
+    throttle: float = 0.0  # seconds to sleep per 64 KiB block
+    log: list = field(default_factory=list)  # one dict per GET: range, status, sent
+    started: threading.Event = field(default_factory=threading.Event)
+    on_request: Optional[Callable[[], None]] = None  # called as each GET arrives
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(entry["sent"] for entry in self.log)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        state: Server = self.server.state
+        if self.path != "/model.pt":
+            self.send_error(404)
+            return
+        data = bytearray(state.payload)
+        if state.corrupt:
+            data[len(data) // 2] ^= 0xFF
+        if state.on_request is not None:
+            state.on_request()
+        entry = {"range": self.headers.get("Range"), "status": 200, "sent": 0}
+        state.log.append(entry)
+        state.started.set()
+
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", entry["range"] or "")
+        if match and not state.ignore_range:
+            start = int(match[1])
+            if start >= len(data):
+                entry["status"] = 416
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            entry["status"] = 206
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+
+        body = bytes(data[start:])
+        if state.cut_after is not None and state.cuts_left > 0:
+            state.cuts_left -= 1
+            body = body[: state.cut_after]  # then the connection closes: a cut download
+        try:
+            for i in range(0, len(body), CHUNK):
+                self.wfile.write(body[i : i + CHUNK])
+                entry["sent"] += len(body[i : i + CHUNK])
+                if state.throttle:
+                    threading.Event().wait(state.throttle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a cancelled download)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def payload(tmp_path_factory) -> bytes:
+    """A real (small) checkpoint: a state dict made with a fixed seed, about 3 MB."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    state = {"encoder.weight": torch.randn(512, 1024, generator=generator),
+             "head.weight": torch.randn(256, 1024, generator=generator)}
+    path = tmp_path_factory.mktemp("payload") / "model.pt"
+    torch.save(state, path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def server(payload):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.state = Server(payload, url=f"http://127.0.0.1:{httpd.server_address[1]}/model.pt")
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield httpd.state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    """A private cache folder; no retry delays; no weights named in the environment."""
+    monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VISTA3D_WEIGHTS", raising=False)
+    monkeypatch.setattr(weights, "_RETRY_DELAY", 0.0)
+    return tmp_path / "cache"
+
+
+def make_source(server: Server, **overrides) -> WeightsSource:
+    fields = dict(name="test", url=server.url, filename="model.pt",
+                  sha256=hashlib.sha256(server.payload).hexdigest(), size=len(server.payload))
+    fields.update(overrides)
+    return WeightsSource(**fields)
+
+
+def use_only(monkeypatch, source: WeightsSource) -> None:
+    """Make ``source`` the only known (and the default) source."""
+    monkeypatch.setattr(weights, "SOURCES", {source.name: source})
+    monkeypatch.setattr(weights, "DEFAULT_SOURCE", source.name)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/model.pt"
+
+
+# --- the shipped sources ------------------------------------------------------------------------
+
+
+def test_shipped_sources():
+    hf = weights.SOURCES[weights.DEFAULT_SOURCE]
+    assert weights.DEFAULT_SOURCE == "huggingface"
+    assert "c6dbe159632a4767696e09f91d74d729b82e73e6" in hf.url
+    assert hf.checksum == ("sha256", "c92bab26d00b4a5d89fa8a383900cdeb88302fd318e5e816df0bbec7106d9a1b")
+    assert hf.size == 871_970_895
+    assert weights.SOURCES["nvidia"].checksum == ("md5", "6ce45a8edde4400c5d28d5e74d7b61d5")
+    assert len({s.filename for s in weights.SOURCES.values()}) == len(weights.SOURCES)
+    assert all("licen" in s.licence_note for s in weights.SOURCES.values())
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert weights.cache_dir() == tmp_path / "cache"  # VISTA3D_HOME first
+    monkeypatch.delenv("VISTA3D_HOME")
+    assert weights.cache_dir() == tmp_path / "xdg" / "vista3d"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert weights.cache_dir() == Path.home() / ".cache" / "vista3d"
+    assert weights.cached_path(weights.SOURCES["nvidia"]).name == weights.SOURCES["nvidia"].filename
+
+
+# --- download -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checks", ["sha256+size", "md5 only"])
+def test_download_reports_progress_and_verifies(server, home, checks):
+    source = make_source(server)
+    if checks == "md5 only":  # like the NVIDIA-hosted file: no sha256, no size published
+        source = make_source(server, sha256=None, size=None,
+                             md5=hashlib.md5(server.payload).hexdigest())
+    calls = []
+    path = weights.download(source, progress=lambda *call: calls.append(call), chunk_size=CHUNK)
+
+    assert path == home / "model.pt"
+    assert path.read_bytes() == server.payload
+    assert not path.with_name("model.pt.part").exists()
+    assert weights._stamp_path(path).is_file()
+    size = len(server.payload)
+    byte_counts = [done for done, total, message in calls if message.startswith("Downloading")]
+    assert len(byte_counts) > 10
+    assert byte_counts == sorted(byte_counts) and byte_counts[-1] == size
+    assert all(total == size for _, total, _ in calls)
+
+    import torch  # the file is the checkpoint that was served
+
+    assert torch.load(path)["encoder.weight"].shape == (512, 1024)
+
+
+def test_verified_file_is_returned_without_network(server):
+    source = make_source(server)
+    first = weights.download(source)
+    assert weights.download(source) == first
+    assert weights.download(make_source(server, url=closed_port_url())) == first
+    assert len(server.log) == 1
+
+
+def test_resume_after_cut_connection(server, home):
+    server.cut_after = 1_000_000
+    part = home / "model.pt.part"
+    on_disk = []  # size of the .part when each request arrives
+    server.on_request = lambda: on_disk.append(part.stat().st_size if part.exists() else 0)
+    path = weights.download(make_source(server), chunk_size=CHUNK)
+
+    assert [entry["status"] for entry in server.log] == [200, 206]
+    assert 0 < on_disk[1] <= 1_000_000  # (the chunk being read when the cut came is lost)
+    assert server.log[1]["range"] == f"bytes={on_disk[1]}-"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == make_source(server).sha256
+
+
+def test_flaky_line_keeps_resuming(server):
+    server.cut_after, server.cuts_left = 300_000, 100  # every request is cut after 300 kB
+    path = weights.download(make_source(server), chunk_size=CHUNK)
+    assert path.read_bytes() == server.payload
+    assert len(server.log) > weights._ATTEMPTS  # progress resets the retry count
+
+
+def test_gives_up_when_nothing_arrives(server, home):
+    server.cut_after, server.cuts_left = 0, 100  # every request is cut before any byte
+    with pytest.raises(DownloadError, match="--weights"):
+        weights.download(make_source(server))
+    assert len(server.log) == weights._ATTEMPTS
+    assert not (home / "model.pt").exists()
+
+
+def test_resume_part_file_from_earlier_run(server, home):
+    home.mkdir()
+    (home / "model.pt.part").write_bytes(server.payload[:123_456])
+    path = weights.download(make_source(server))
+
+    assert server.log == [{"range": "bytes=123456-", "status": 206,
+                           "sent": len(server.payload) - 123_456}]
+    assert path.read_bytes() == server.payload
+
+
+def test_server_ignoring_range_restarts_from_zero(server, home):
+    server.ignore_range = True
+    home.mkdir()
+    (home / "model.pt.part").write_bytes(server.payload[:123_456])
+    path = weights.download(make_source(server))
+
+    assert [(e["range"], e["status"]) for e in server.log] == [("bytes=123456-", 200)]
+    assert path.read_bytes() == server.payload  # not appended to the old bytes
+
+
+@pytest.mark.parametrize("extra, statuses", [(b"", [416]), (b"junk", [416, 200])])
+def test_range_not_satisfiable(server, home, extra, statuses):
+    """416: a complete .part is used as is; one longer than the file is started over."""
+    home.mkdir()
+    (home / "model.pt.part").write_bytes(server.payload + extra)
+    path = weights.download(make_source(server))
+    assert [entry["status"] for entry in server.log] == statuses
+    assert path.read_bytes() == server.payload
+
+
+def test_wrong_checksum(server, home):
+    server.corrupt = True
+    with pytest.raises(ChecksumError, match="wrong sha256"):
+        weights.download(make_source(server))
+    assert sorted(p.name for p in home.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_wrong_size(server, home):
+    with pytest.raises(ChecksumError, match="bytes instead of"):
+        weights.download(make_source(server, size=len(server.payload) + 1))
+    assert not (home / "model.pt").exists() and not (home / "model.pt.part").exists()
+
+
+def test_cancel_keeps_part_and_a_second_call_resumes(server, home):
+    token = CancelToken()
+
+    def progress(done, total, message):
+        if done >= 500_000:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        weights.download(make_source(server), progress=progress, cancel=token, chunk_size=CHUNK)
+    part = home / "model.pt.part"
+    kept = part.stat().st_size
+    assert 500_000 <= kept < len(server.payload)
+    assert not (home / "model.pt").exists()
+
+    path = weights.download(make_source(server), chunk_size=CHUNK)
+    assert server.log[-1]["range"] == f"bytes={kept}-"
+    assert path.read_bytes() == server.payload and not part.exists()
+
+
+def test_offline_gives_download_error(home):
+    source = WeightsSource(name="test", url=closed_port_url(), filename="model.pt", sha256="0" * 64)
+    with pytest.raises(DownloadError) as error:
+        weights.download(source)
+    message = str(error.value)
+    assert "127.0.0.1" in message and "--weights" in message and "VISTA3D_WEIGHTS" in message
+    assert not (home / "model.pt").exists() and not (home / "model.pt.part").exists()
+
+
+def test_http_error_gives_download_error(server):
+    with pytest.raises(DownloadError, match="HTTP 404.*--weights"):
+        weights.download(make_source(server, url=server.url.replace("model.pt", "missing.pt")))
+
+
+def test_two_threads_download_once(server, home):
+    server.throttle = 0.005  # ~0.25 s for the whole file: the second caller arrives mid-way
+    source = make_source(server)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=weights.download(source)))
+    first.start()
+    assert server.started.wait(5)
+    messages = []
+    results["second"] = weights.download(source, progress=lambda d, t, m: messages.append(m))
+    first.join(10)
+
+    assert results["first"] == results["second"] == home / "model.pt"
+    assert "Waiting for another download of the weights" in messages  # it waited on the lock
+    assert len(server.log) == 1 and server.bytes_sent == len(server.payload)
+    assert (home / "model.pt").read_bytes() == server.payload
+
+
+def test_two_processes_download_once(server, home):
+    server.throttle = 0.01  # ~0.5 s for the whole file
+    source = make_source(server)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from VISTA3DSlicerLib import weights; "
+        "print(weights.download(weights.WeightsSource(name='test', url=sys.argv[2], "
+        "filename='model.pt', sha256=sys.argv[3], size=int(sys.argv[4]))))"
+    )
+    args = [sys.executable, "-c", script, str(LIB_DIR), source.url, source.sha256, str(source.size)]
+    processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=30) for p in processes]
+
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {str(home / "model.pt")}
+    assert len(server.log) == 1 and server.bytes_sent == len(server.payload)
+    assert (home / "model.pt").read_bytes() == server.payload
+
+
+def test_read_only_cache_dir(server, home):
+    home.mkdir()
+    home.chmod(0o500)
+    try:
+        if os.access(home, os.W_OK):
+            pytest.skip("running as root: chmod does not make the folder read-only")
+        with pytest.raises(VISTA3DError, match=f"{re.escape(str(home))}.*VISTA3D_HOME"):
+            weights.download(make_source(server))
+    finally:
+        home.chmod(0o700)
+    assert server.log == []
+
+
+def test_uncreatable_cache_dir(server, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "a_file" / "vista3d"))
+    with pytest.raises(VISTA3DError, match="a_file/vista3d.*VISTA3D_HOME"):
+        weights.download(make_source(server))
+
+
+# --- resolve_weights and the stamp --------------------------------------------------------------
+
+
+def test_resolve_precedence(server, tmp_path, monkeypatch):
+    source = make_source(server)
+    use_only(monkeypatch, source)
+    cached = weights.download()
+    assert cached == weights.cached_path()
+    explicit, from_env = tmp_path / "explicit.pt", tmp_path / "env.pt"
+    explicit.write_bytes(b"not checked")  # the user's own files are not checksummed
+    from_env.write_bytes(b"not checked either")
+
+    assert weights.resolve_weights() == cached
+    monkeypatch.setenv("VISTA3D_WEIGHTS", str(from_env))
+    assert weights.resolve_weights() == from_env
+    assert weights.resolve_weights(explicit) == explicit
+    assert weights.resolve_weights(str(explicit)) == explicit
+
+    with pytest.raises(VISTA3DError, match="nowhere.pt") as error:
+        weights.resolve_weights(tmp_path / "nowhere.pt")
+    assert not isinstance(error.value, WeightsNotFoundError)
+    monkeypatch.setenv("VISTA3D_WEIGHTS", str(tmp_path / "gone.pt"))
+    with pytest.raises(VISTA3DError, match="VISTA3D_WEIGHTS.*gone.pt"):
+        weights.resolve_weights()
+
+
+def test_resolve_finds_any_known_source(server, monkeypatch):
+    other = make_source(server, name="other", filename="other.pt")
+    monkeypatch.setattr(weights, "SOURCES", {"default": make_source(server, url=closed_port_url()),
+                                             "other": other})
+    path = weights.download(other)
+    assert weights.resolve_weights() == path
+
+
+def test_nothing_found_message():
+    with pytest.raises(WeightsNotFoundError) as error:
+        weights.resolve_weights()
+    message = str(error.value)
+    for hint in ("vista3d weights download", "--weights FILE", "VISTA3D_WEIGHTS"):
+        assert hint in message
+
+
+def test_stamp_avoids_rehashing_until_the_file_changes(server, monkeypatch):
+    source = make_source(server)
+    use_only(monkeypatch, source)
+    path = weights.download()
+    hashed = []
+    real_digest = weights.file_digest
+    monkeypatch.setattr(weights, "file_digest",
+                        lambda p, algorithm: hashed.append(p) or real_digest(p, algorithm))
+
+    assert weights.resolve_weights() == path and weights.resolve_weights() == path
+    assert weights.download() == path
+    assert hashed == []  # the stamp was trusted
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: re-verify once
+    assert weights.resolve_weights() == path and weights.resolve_weights() == path
+    assert len(hashed) == 1
+
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, other bytes
+    with pytest.raises(WeightsNotFoundError, match="failed its checksum"):
+        weights.resolve_weights()
+    assert len(hashed) == 2
+    assert not weights._stamp_path(path).exists()
+
+    assert weights.download() == path  # a download repairs it
+    assert path.read_bytes() == server.payload
+
+
+def test_stamp_of_another_checksum_is_not_trusted(server, monkeypatch):
+    path = weights.download(make_source(server))
+    stamp = json.loads(weights._stamp_path(path).read_text())
+    assert stamp["digest"] == make_source(server).sha256
+    assert weights.verify(path, make_source(server))
+    assert not weights.verify(path, make_source(server, sha256="0" * 64))
+    assert not weights._stamp_path(path).exists()  # a failed verify drops the stamp
+
+
+def test_file_digest(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 1_000_000)
+    assert weights.file_digest(path, "md5") == hashlib.md5(b"abc" * 1_000_000).hexdigest()
+    assert weights.file_digest(path, "sha256") == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
+
+
+def test_cancel_while_waiting_for_another_download(server, home):
+    from filelock import FileLock
+
+    home.mkdir()
+    token = CancelToken()
+    with FileLock(str(home / "model.pt.lock")):  # "another process" is downloading
+        with pytest.raises(Cancelled):
+            weights.download(make_source(server), cancel=token,
+                             progress=lambda done, total, message: token.cancel())
+    assert server.log == []

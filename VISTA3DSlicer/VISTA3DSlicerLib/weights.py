@@ -1,0 +1,440 @@
+"""Find, download and verify the VISTA3D checkpoint.
+
+Where the weights come from, in order (``resolve_weights``):
+
+1. a file the user names (``--weights FILE`` on the command line, a path in the Slicer panel);
+2. the ``VISTA3D_WEIGHTS`` environment variable;
+3. a checksum-verified file in the cache folder (``cache_dir()``), put there by ``download``.
+
+Files the user names are theirs and are not checksummed. Cached files are: hashing 872 MB takes
+seconds, so a successful check leaves a small sidecar stamp (size, mtime, digest) next to the
+file, and the hash is recomputed only when the file no longer matches its stamp.
+
+The weights are published by NVIDIA under NVIDIA's own licence, not under this project's
+Apache-2.0 licence; see ``WeightsSource.licence_note``.
+
+This module does not import torch: loading the checkpoint into a network is ``model.py``'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+from urllib.parse import urlparse
+
+from .errors import VISTA3DError
+from .progress import CancelToken, ProgressCallback, report
+
+__all__ = [
+    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "cache_dir", "cached_path", "resolve_weights",
+    "download", "verify", "file_digest", "WeightsNotFoundError", "DownloadError", "ChecksumError",
+]
+
+_LICENCE = (
+    "The VISTA3D weights are NVIDIA's and come under NVIDIA's own licence, not this project's "
+    "Apache-2.0 licence (NVIDIA's pages name the NVIDIA OneWay Noncommercial License for the "
+    "MONAI bundle and the NVIDIA Open Model License for later releases). Check which one applies "
+    "to your use before you use them."
+)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """One place the checkpoint can be downloaded from, and how to recognise a good copy."""
+
+    name: str
+    url: str
+    filename: str  #: file name in the cache folder
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+    size: Optional[int] = None  #: bytes, where the publisher gives it
+    licence_note: str = ""
+
+    @property
+    def checksum(self) -> Optional[tuple[str, str]]:
+        """``(algorithm, hex digest)`` to check against, the strongest one known, or None."""
+        if self.sha256:
+            return "sha256", self.sha256.lower()
+        if self.md5:
+            return "md5", self.md5.lower()
+        return None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or self.url
+
+
+SOURCES: dict[str, WeightsSource] = {
+    "huggingface": WeightsSource(
+        name="huggingface",
+        # Pinned to a commit so that the file behind the URL cannot change under its checksum.
+        url="https://huggingface.co/MONAI/vista3d/resolve/"
+        "c6dbe159632a4767696e09f91d74d729b82e73e6/models/model.pt",
+        filename="vista3d_model.pt",
+        sha256="c92bab26d00b4a5d89fa8a383900cdeb88302fd318e5e816df0bbec7106d9a1b",
+        size=871_970_895,
+        licence_note=_LICENCE,
+    ),
+    "nvidia": WeightsSource(
+        name="nvidia",
+        url="https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/"
+        "model_vista3d.pt",
+        # A different upload from the Hugging Face one (only an md5 is published for it), so it
+        # gets its own name in the cache.
+        filename="vista3d_model_nvidia.pt",
+        md5="6ce45a8edde4400c5d28d5e74d7b61d5",
+        licence_note=_LICENCE,
+    ),
+}
+DEFAULT_SOURCE = "huggingface"
+
+#: Connection attempts in a row that may fail without any new bytes before ``download`` gives
+#: up. An attempt that brings new bytes resets the count: a long download on a flaky line goes on.
+_ATTEMPTS = 4
+#: Seconds to wait before the n-th retry of an attempt that brought nothing (tests set 0).
+_RETRY_DELAY = 1.0
+_LOCK_POLL = 0.2  # seconds between cancel checks while another process holds the lock
+
+
+class WeightsNotFoundError(VISTA3DError):
+    """No weights file was named and none is in the cache."""
+
+
+class DownloadError(VISTA3DError):
+    """The download failed: no network, the host is unreachable or answered with an error."""
+
+
+class ChecksumError(VISTA3DError):
+    """A downloaded file is not the published one (wrong size or checksum)."""
+
+
+def cache_dir() -> Path:
+    """The folder downloaded weights live in: ``$VISTA3D_HOME``, else ``$XDG_CACHE_HOME/vista3d``,
+    else ``~/.cache/vista3d``. It may not exist yet."""
+    if os.environ.get("VISTA3D_HOME"):
+        return Path(os.environ["VISTA3D_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "vista3d"
+    return Path.home() / ".cache" / "vista3d"
+
+
+def cached_path(source: Optional[WeightsSource] = None) -> Path:
+    """Where ``source`` (default: ``SOURCES[DEFAULT_SOURCE]``) is kept in the cache; may not exist."""
+    return cache_dir() / _source(source).filename
+
+
+def resolve_weights(explicit: Union[str, os.PathLike, None] = None) -> Path:
+    """The checkpoint to load: ``explicit``, else ``$VISTA3D_WEIGHTS``, else a verified cached file.
+
+    Raises ``VISTA3DError`` if a named file does not exist, ``WeightsNotFoundError`` if nothing
+    was named and the cache holds no good copy of any known source.
+    """
+    for path, origin in ((explicit, "The weights file"), (os.environ.get("VISTA3D_WEIGHTS"),
+                                                          "The file named by VISTA3D_WEIGHTS,")):
+        if path:
+            path = Path(path).expanduser()
+            if not path.is_file():
+                raise VISTA3DError(f"{origin} {path} does not exist or is not a file.")
+            return path
+
+    rejected = []
+    for source in SOURCES.values():
+        path = cached_path(source)
+        if path.is_file():
+            if _is_verified(path, source):
+                return path
+            rejected.append(path)
+    bad = "".join(f" The cached file {p} failed its checksum (damaged or incomplete)." for p in rejected)
+    raise WeightsNotFoundError(
+        f"No VISTA3D weights found.{bad} Run `vista3d weights download` to fetch them into "
+        f"{cache_dir()} (or use the Download button in Slicer), or, for offline use, pass "
+        "`--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already have."
+    )
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of the file's contents, read in chunks (the checkpoint is ~870 MB)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, source: WeightsSource) -> bool:
+    """Fully check ``path`` against ``source`` (size, then checksum); stamp it if it is good."""
+    path = Path(path)
+    ok = path.is_file() and _mismatch(path, source) is None
+    if ok:
+        _write_stamp(path, source)
+    else:
+        _stamp_path(path).unlink(missing_ok=True)
+    return ok
+
+
+def download(
+    source: Optional[WeightsSource] = None,
+    *,
+    dest_dir: Optional[Path] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    timeout: float = 30.0,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """Download ``source`` (default: ``SOURCES[DEFAULT_SOURCE]``) into ``dest_dir`` (default:
+    ``cache_dir()``), verify it and return its path.
+
+    The weights are NVIDIA's and come under NVIDIA's licence (``source.licence_note``), not this
+    project's Apache-2.0; callers should show that note to the user.
+
+    - A verified file already in place is returned at once, without network.
+    - Bytes go to ``<file>.part``; an existing ``.part`` (an earlier cut or cancelled download) is
+      resumed with an HTTP Range request, and a cut connection is resumed a few times before
+      giving up. Only a file that passed its size and checksum check is moved into place
+      (atomically), so a partial or wrong file is never picked up by ``resolve_weights``.
+    - ``progress(done_bytes, total_bytes, message)`` is called per chunk (``total_bytes`` is 0
+      when unknown); ``cancel`` is checked between chunks. A cancelled download raises
+      ``Cancelled`` and keeps its ``.part`` for a later resume.
+    - An inter-process lock in the folder lets two processes ask at once: the second waits and
+      then finds the file.
+
+    Raises ``DownloadError`` (no network, HTTP error), ``ChecksumError`` (wrong file; its
+    ``.part`` is deleted), ``VISTA3DError`` (the folder cannot be written), ``Cancelled``.
+    """
+    from filelock import FileLock, Timeout  # imported here: Slicer imports this module at start-up
+
+    source = _source(source)
+    folder = Path(dest_dir) if dest_dir is not None else cache_dir()
+    final = folder / source.filename
+    if _already_there(final, source, progress):
+        return final
+
+    _make_writable_folder(folder)
+    lock = FileLock(str(final) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process is downloading it: wait, but stay cancellable
+        report(progress, 0, source.size or 0, "Waiting for another download of the weights")
+        while True:
+            _check_cancel(cancel)
+            try:
+                lock.acquire(timeout=_LOCK_POLL)
+                break
+            except Timeout:
+                pass
+    try:
+        if _already_there(final, source, progress):  # the process we waited for got it
+            return final
+        part = final.with_name(final.name + ".part")
+        _fetch_with_retries(source, part, progress, cancel, timeout, chunk_size)
+
+        report(progress, part.stat().st_size, part.stat().st_size, "Verifying the weights")
+        problem = _mismatch(part, source)
+        if problem:
+            part.unlink(missing_ok=True)  # a resume would only append to the wrong bytes
+            raise ChecksumError(
+                f"The file downloaded from {source.url} {problem}; it was deleted. Try the "
+                "download again; if it keeps failing, download the file elsewhere and pass "
+                "`--weights FILE` or set VISTA3D_WEIGHTS=FILE."
+            )
+        os.replace(part, final)  # atomic: readers see no file or the whole, verified file
+        _fsync_dir(folder)
+        _write_stamp(final, source)
+        return final
+    finally:
+        lock.release()
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _source(source: Optional[WeightsSource]) -> WeightsSource:
+    return source if source is not None else SOURCES[DEFAULT_SOURCE]
+
+
+def _check_cancel(cancel: Optional[CancelToken]) -> None:
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+
+
+def _already_there(final: Path, source: WeightsSource, progress: Optional[ProgressCallback]) -> bool:
+    if not (final.is_file() and _is_verified(final, source)):
+        return False
+    size = final.stat().st_size
+    report(progress, size, size, "The weights are already downloaded")
+    return True
+
+
+def _make_writable_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+        reason = "it is read-only"
+    except OSError as exc:
+        writable, reason = False, exc.strerror or str(exc)
+    if not writable:
+        raise VISTA3DError(
+            f"Cannot write the weights to {folder} ({reason}). Set VISTA3D_HOME to a writable "
+            "folder, or download the file yourself and pass `--weights FILE`."
+        )
+
+
+def _mismatch(path: Path, source: WeightsSource) -> Optional[str]:
+    """Why ``path`` is not ``source``'s file, or None if it is (a full hash)."""
+    size = path.stat().st_size
+    if source.size is not None and size != source.size:
+        return f"has {size:,} bytes instead of {source.size:,}"
+    if source.checksum is not None:
+        algorithm, expected = source.checksum
+        if file_digest(path, algorithm) != expected:
+            return f"has the wrong {algorithm} checksum"
+    return None
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified.json")
+
+
+def _stamp_for(path: Path, source: WeightsSource) -> dict:
+    stat = path.stat()
+    algorithm, digest = source.checksum or (None, None)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "algorithm": algorithm, "digest": digest}
+
+
+def _write_stamp(path: Path, source: WeightsSource) -> None:
+    stamp = _stamp_path(path)
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_stamp_for(path, source)))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only cache still works; it is only re-hashed at every start
+
+
+def _is_verified(path: Path, source: WeightsSource) -> bool:
+    """True if the stamp still matches the file and ``source``'s checksum; else a full ``verify``."""
+    try:
+        if json.loads(_stamp_path(path).read_text()) == _stamp_for(path, source):
+            return True
+    except (OSError, ValueError):
+        pass  # no stamp, or an unreadable one
+    return verify(path, source)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); directories cannot be opened this way on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Retry(Exception):
+    """A transient failure: try again from where the ``.part`` file ends."""
+
+
+def _fetch_with_retries(
+    source: WeightsSource,
+    part: Path,
+    progress: Optional[ProgressCallback],
+    cancel: Optional[CancelToken],
+    timeout: float,
+    chunk_size: int,
+) -> None:
+    import requests
+
+    failures = 0
+    while True:
+        _check_cancel(cancel)
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            _fetch_once(source, part, progress, cancel, timeout, chunk_size)
+            return
+        except (_Retry, requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            error = exc
+        except requests.RequestException as exc:  # HTTP 4xx, bad URL, ...: retrying will not help
+            raise _download_error(source, exc) from exc
+        after = part.stat().st_size if part.exists() else 0
+        failures = 0 if after > before else failures + 1
+        if failures >= _ATTEMPTS:
+            raise _download_error(source, error) from error
+        if failures:
+            time.sleep(_RETRY_DELAY * failures)
+
+
+def _fetch_once(
+    source: WeightsSource,
+    part: Path,
+    progress: Optional[ProgressCallback],
+    cancel: Optional[CancelToken],
+    timeout: float,
+    chunk_size: int,
+) -> None:
+    """One HTTP request: append to ``part`` from where it ends (or restart it)."""
+    import requests
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(source.url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416:  # nothing left after `have`: complete, or not this file
+            length = response.headers.get("Content-Range", "").rpartition("/")[2]
+            if (length.isdigit() and int(length) == have) or source.size == have:
+                return  # complete; the checksum has the last word
+            part.unlink()
+            raise _Retry("the partial file does not match the server's file; starting over")
+        if response.status_code >= 500:
+            raise _Retry(f"HTTP {response.status_code}")
+        response.raise_for_status()
+        start = have if response.status_code == 206 else 0  # 200: the server ignored Range
+        if start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            raise _Retry("the server resumed at another offset than asked")
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length and length.isdigit() else (source.size or 0)
+        done = start
+        message = f"Downloading the VISTA3D weights from {source.host}"
+        report(progress, done, total, message)
+        with open(part, "ab" if start else "wb") as f:
+            # If the connection is cut, the chunk being read is lost (requests does not hand
+            # out a short read): a resume repeats at most one chunk.
+            for chunk in response.iter_content(chunk_size):
+                f.write(chunk)
+                done += len(chunk)
+                report(progress, done, total, message)
+                _check_cancel(cancel)  # on Cancelled, `with` closes the file: the .part is kept
+            f.flush()
+            os.fsync(f.fileno())
+        if length and done < total:  # the server closed early without an error
+            raise _Retry(f"connection closed after {done:,} of {total:,} bytes")
+
+
+def _download_error(source: WeightsSource, error: Exception) -> DownloadError:
+    return DownloadError(
+        f"Could not download the VISTA3D weights from {source.host} ({_describe(error)}). "
+        f"If this computer is offline or cannot reach {source.host}, download {source.url} on "
+        "another computer, copy it to this one and pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE."
+    )
+
+
+def _describe(error: Exception) -> str:
+    import requests
+
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} {error.response.reason}"
+    if isinstance(error, requests.ConnectionError):
+        return "cannot connect: no network, or the host is unreachable"
+    if isinstance(error, requests.Timeout):
+        return "the connection timed out"
+    return str(error) or type(error).__name__
