@@ -1,0 +1,60 @@
+# The two commands of the README:
+#   make demo   set up, download the weights and a sample CT, segment it, write the labelmap and a preview PNG
+#               (offline: make demo WEIGHTS=/path/model.pt INPUT=/path/ct.nii.gz)
+#   make test   set up and run the test suite (offline; random-weights checkpoints)
+# Everything installs into .venv, so nothing touches the system's Python.
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and on its own, so that pip never replaces it with another build while
+# resolving the other packages. On a GPU machine pick the build you need with TORCH=...
+TORCH ?= torch==2.13.0
+OUT ?= demo-output
+# Slicer's public sample CT "CTChest" (SampleData), pinned by its SHA-256.
+SAMPLE_URL ?= https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/4507b664690840abb6cb9af2d919377ffc4ef75b167cb6fd0f747befdb12e38e
+SAMPLE_SHA256 ?= 4507b664690840abb6cb9af2d919377ffc4ef75b167cb6fd0f747befdb12e38e
+LABELS ?= everything
+WEIGHTS ?=
+INPUT ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(OUT)
+	@if [ -n "$(INPUT)" ]; then \
+		cp "$(INPUT)" "$(OUT)/" ; \
+	elif [ ! -f $(OUT)/CTChest.nrrd ]; then \
+		echo "Downloading the sample CT (Slicer's CTChest)"; \
+		curl -fL --retry 3 -o $(OUT)/CTChest.nrrd.part "$(SAMPLE_URL)" && \
+		echo "$(SAMPLE_SHA256)  $(OUT)/CTChest.nrrd.part" | sha256sum -c - && \
+		mv $(OUT)/CTChest.nrrd.part $(OUT)/CTChest.nrrd || \
+		{ echo "No sample CT: without internet run 'make demo WEIGHTS=model.pt INPUT=ct.nii.gz'"; exit 1; }; \
+	fi
+	@if [ -z "$(WEIGHTS)" ]; then $(BIN)/vista3d weights download; fi
+	$(BIN)/vista3d segment "$(if $(INPUT),$(OUT)/$(notdir $(INPUT)),$(OUT)/CTChest.nrrd)" \
+		-o $(OUT)/labels.seg.nrrd --labels "$(LABELS)" $(if $(WEIGHTS),--weights "$(WEIGHTS)") \
+		--preview $(OUT)/preview.png --overwrite
+	@echo "Open $(OUT)/labels.seg.nrrd in 3D Slicer, or look at $(OUT)/preview.png"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs
+
+# Without the full-size network runs (a few minutes shorter).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/vista3d bench
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

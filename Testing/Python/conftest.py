@@ -1,0 +1,81 @@
+"""Shared fixtures: the example data beside the checkout, and seeded random checkpoints.
+
+The real VISTA3D weights cannot be downloaded in CI, so tests use checkpoints with random
+weights, seeded, saved exactly as the bundle's ``model.pt`` is (a bare ``state_dict``).
+Most tests use a small network of the same design; the ones marked ``slow`` use the
+full-size ``vista3d132``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# Tests run from a checkout without installing the package, as well as after `pip install -e .`.
+sys.path.insert(0, str(REPO / "VISTA3DSlicer"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXAMPLE_DIR = REPO.parent / "shared" / "data" / "totalsegmentator-example"
+
+
+def example_file(name: str) -> Path:
+    """A file of the shared example data; the test is skipped when the data are not beside the checkout."""
+    path = EXAMPLE_DIR / name
+    if not path.exists():
+        pytest.skip(f"example data not available ({path})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_ct() -> Path:
+    """TotalSegmentator's small example CT: 122 x 101 x 30 voxels of 3 mm."""
+    return example_file("example_ct_sm.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def example_ct_crop(tmp_path_factory, example_ct) -> Path:
+    """A crop of the example CT (abdomen, 70 x 64 x 30 voxels): two windows along one axis at 1.5 mm."""
+    import nibabel as nib
+
+    image = nib.load(example_ct)
+    crop = image.slicer[26:96, 20:84, :]
+    path = tmp_path_factory.mktemp("data") / "example_ct_crop.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(crop.dataobj).astype(np.int16), crop.affine), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_network():
+    """A seeded VISTA3D of the real design but 16 filters and one block per level (fast on a CPU)."""
+    import torch
+
+    from VISTA3DSlicerLib.model import ModelSpec, build_network
+
+    torch.manual_seed(0)
+    return build_network(ModelSpec(embed_dim=16, blocks_down=(1, 1, 1, 1, 1))).eval()
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, small_network) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("weights") / "small_model.pt"
+    torch.save(small_network.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random ``vista3d132`` saved as the bundle's model.pt (872 MB, in a temporary folder)."""
+    import torch
+
+    from VISTA3DSlicerLib.model import build_network
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(build_network().state_dict(), path)
+    return path

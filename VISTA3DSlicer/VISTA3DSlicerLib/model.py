@@ -1,0 +1,150 @@
+"""Building the VISTA3D network, loading its weights, and choosing device and precision.
+
+The default network is MONAI's ``vista3d132`` (218 M parameters, reference doc §3). Smaller
+networks of the same design (fewer filters, fewer blocks) are built from the same code; the
+architecture of a checkpoint is read from its tensor shapes, so one loader serves the real
+weights, fine-tuned variants and the small random checkpoints the tests make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ContextManager, Mapping
+
+from .errors import VISTA3DError
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The size of a VISTA3D network: encoder filters (= feature size of both heads) and blocks per level."""
+
+    embed_dim: int = 48
+    blocks_down: tuple[int, ...] = (1, 2, 2, 4, 4)
+
+
+#: ``monai.networks.nets.vista3d132``, the network of the released weights.
+VISTA3D132 = ModelSpec()
+
+
+def build_network(spec: ModelSpec = VISTA3D132) -> "torch.nn.Module":
+    """A VISTA3D network with random weights, wired as ``vista3d132`` (reference doc §3)."""
+    from monai.networks.nets.segresnet_ds import SegResNetDS2
+    from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM
+
+    encoder = SegResNetDS2(
+        in_channels=1,
+        blocks_down=spec.blocks_down,
+        norm="instance",
+        out_channels=spec.embed_dim,
+        init_filters=spec.embed_dim,
+        dsdepth=1,
+    )
+    point_head = PointMappingSAM(feature_size=spec.embed_dim, n_classes=512, last_supported=132)
+    class_head = ClassMappingClassify(n_classes=512, feature_size=spec.embed_dim, use_mlp=True)
+    return VISTA3D(image_encoder=encoder, class_head=class_head, point_head=point_head)
+
+
+def spec_from_state_dict(state_dict: Mapping[str, "torch.Tensor"]) -> ModelSpec:
+    """Read the network size from a checkpoint's tensor names and shapes."""
+    key = "image_encoder.encoder.conv_init.weight"
+    if key not in state_dict:
+        raise VISTA3DError(
+            "This file is not a VISTA3D checkpoint (it has no image encoder). Use the bundle's models/model.pt "
+            "(`vista3d weights download`) or a checkpoint saved from monai.networks.nets.vista3d132."
+        )
+    block = re.compile(r"image_encoder\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.conv1\.weight$")
+    blocks: dict[int, int] = {}
+    for name in state_dict:
+        match = block.match(name)
+        if match:
+            level, index = int(match.group(1)), int(match.group(2))
+            blocks[level] = max(blocks.get(level, 0), index + 1)
+    return ModelSpec(
+        embed_dim=int(state_dict[key].shape[0]),
+        blocks_down=tuple(blocks[level] for level in sorted(blocks)),
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
+    """Tensors of a checkpoint: a bare state dict or ``{"model": ...}`` (``torch.save``), or safetensors."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise VISTA3DError(f"Weights file not found: {path}. Check the path given to --weights or VISTA3D_WEIGHTS.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            # weights_only: a checkpoint is data; never run code from a downloaded pickle.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch and safetensors raise many types for damaged files
+        raise VISTA3DError(
+            f"Could not read the weights file {path} ({type(error).__name__}: {error}). It may be truncated "
+            "or not a PyTorch/safetensors checkpoint: download it again with `vista3d weights download`."
+        ) from error
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # the bundle's CheckpointLoader format
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VISTA3DError(f"{path} holds no state dict of tensors; it is not a VISTA3D checkpoint.")
+    return dict(state)
+
+
+def load_network(path: str | Path, device: "torch.device | str" = "cpu") -> "torch.nn.Module":
+    """The network of a checkpoint, strictly loaded, in eval mode on ``device``."""
+    state = read_state_dict(path)
+    network = build_network(spec_from_state_dict(state))
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise VISTA3DError(
+            f"{path} does not match the VISTA3D network (MONAI >= 1.4 layout): {len(missing)} missing tensors "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong_shape)} of another shape "
+            f"{wrong_shape[:3]}. The research code's model_monai1.3.pt uses other names: use the bundle's "
+            "models/model.pt (`vista3d weights download`)."
+        )
+    network.load_state_dict(state, strict=True)
+    return network.eval().to(device)
+
+
+def resolve_device(device: str = "auto") -> "torch.device":
+    """``auto`` picks the GPU when torch sees one, else the CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise VISTA3DError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VISTA3DError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU (a CPU-only torch build, or no driver). "
+            "Use --device cpu, or install a CUDA build of PyTorch (in Slicer: the PyTorch extension)."
+        )
+    return torch.device(device)
+
+
+def autocast(device: "torch.device", precision: str) -> ContextManager:
+    """The autocast context for a precision; fp32 (the reference) runs without autocast."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise VISTA3DError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type == "cpu":
+        raise VISTA3DError("fp16 is a GPU precision; on the CPU use --precision bf16 (or fp32, the reference).")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
