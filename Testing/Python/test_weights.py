@@ -22,13 +22,11 @@ from typing import Callable, Optional
 import pytest
 
 LIB_DIR = Path(__file__).resolve().parents[2] / "VISTA3DSlicer"
-if str(LIB_DIR) not in sys.path:  # the package may not be installed in this environment
-    sys.path.insert(0, str(LIB_DIR))
 
-from VISTA3DSlicerLib import weights  # noqa: E402
-from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError  # noqa: E402
-from VISTA3DSlicerLib.progress import CancelToken  # noqa: E402
-from VISTA3DSlicerLib.weights import (  # noqa: E402
+from VISTA3DSlicerLib import weights
+from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
+from VISTA3DSlicerLib.progress import CancelToken
+from VISTA3DSlicerLib.weights import (
     ChecksumError,
     DownloadError,
     WeightsNotFoundError,
