@@ -1,0 +1,110 @@
+"""Preprocessing of the reference pipeline and its inverse (reference doc §5.2 and §5.5).
+
+The network sees the volume resampled to 1.5 mm (bilinear), cropped to the voxels above
+0 HU with a 10-voxel margin, scaled to [0, 1] with the bundle's constants, and turned to
+RAS axis order. Results go back through the exact inverse: axes restored, the crop padded
+with background, and a nearest-neighbour resample to the input grid.
+
+These are MONAI's own invertible transforms, in the bundle's order and with its settings,
+so the geometry is the reference's by construction; MONAI records every step on the
+``MetaTensor`` and ``Invertd`` replays them backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import VISTA3DError
+from .geometry import Image
+
+if TYPE_CHECKING:
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+#: Target voxel size of the network, mm.
+SPACING_MM = 1.5
+#: Foreground crop: voxels above 0 HU, with this margin in voxels.
+CROP_MARGIN = 10
+#: Intensity window mapped to [0, 1] (bundle ``ScaleIntensityRanged``, clipped).
+INTENSITY_MIN = -963.8247715525971
+INTENSITY_MAX = 1053.678477684517
+
+
+def preprocessing_transform() -> "Compose":
+    """The bundle's image preprocessing after loading (``inference.json``), as an invertible chain."""
+    from monai.transforms import (
+        CastToTyped,
+        Compose,
+        CropForegroundd,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    return Compose(
+        [
+            Spacingd(keys="image", pixdim=[SPACING_MM] * 3, mode="bilinear"),
+            CropForegroundd(keys="image", source_key="image", margin=CROP_MARGIN, allow_smaller=True),
+            ScaleIntensityRanged(
+                keys="image", a_min=INTENSITY_MIN, a_max=INTENSITY_MAX, b_min=0.0, b_max=1.0, clip=True
+            ),
+            Orientationd(keys="image", axcodes="RAS"),
+            CastToTyped(keys="image", dtype=np.float32),
+        ]
+    )
+
+
+@dataclass
+class Preprocessed:
+    """The network's input ``[1, X, Y, Z]`` with the record of how it was made from the input image."""
+
+    tensor: "MetaTensor"
+    transform: "Compose"
+    source_shape: tuple[int, int, int]
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.tensor.shape[1:])  # type: ignore[return-value]
+
+    def restore(self, labels: "torch.Tensor") -> np.ndarray:
+        """Map a label volume ``[X, Y, Z]`` on the network grid back to the input grid (nearest)."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        prediction = MetaTensor(labels[None].float(), affine=self.tensor.affine, meta=dict(self.tensor.meta))
+        invert = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=True)
+        restored = invert({"image": self.tensor, "pred": prediction})["pred"]
+        array = restored[0].detach().cpu().numpy()
+        if array.shape != self.source_shape:  # a broken inverse would be a bug, never the user's fault
+            raise AssertionError(f"inverse produced {array.shape}, expected {self.source_shape}")
+        return np.rint(array).astype(np.int32)
+
+
+def preprocess(image: Image, device: "torch.device | str" = "cpu") -> Preprocessed:
+    """Turn an input image into the network's input on ``device`` (reference doc §5.2)."""
+    import torch
+    from monai.data import MetaTensor
+
+    values = np.asarray(image.array, dtype=np.float32)
+    if not np.all(np.isfinite(values)):
+        raise VISTA3DError(
+            "The volume has NaN or infinite voxels; VISTA3D needs finite Hounsfield units. "
+            "Fix or mask those voxels (e.g. set them to -1024) and try again."
+        )
+    tensor = MetaTensor(
+        torch.as_tensor(values[None], device=device),
+        affine=torch.as_tensor(image.affine, dtype=torch.float64),
+        meta={"original_affine": image.affine.copy(), "spatial_shape": np.array(image.shape)},
+    )
+    transform = preprocessing_transform()
+    result = transform({"image": tensor})["image"]
+    if min(result.shape[1:]) == 0:
+        raise VISTA3DError(
+            "No voxel of the volume is above 0 HU, so there is no body to segment. VISTA3D is a CT model: "
+            "check that this is a CT in Hounsfield units (not MR, not a mask, not rescaled to 0..1)."
+        )
+    return Preprocessed(tensor=result, transform=transform, source_shape=image.shape)
