@@ -1,0 +1,139 @@
+"""The ``vista3d`` command line as users and scripts call it."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from VISTA3DSlicerLib.cli import SUMMARY_NAME, main
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Nothing from the real cache or environment: weights come from --weights or not at all."""
+    monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VISTA3D_WEIGHTS", raising=False)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_segment_writes_labelmap_with_input_geometry_and_preview(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    output, preview = tmp_path / "out" / "labels.nii.gz", tmp_path / "preview.png"
+    code, out, err = run(
+        capsys, "segment", example_ct_crop, "-o", output, "--labels", "liver,spleen,5,6",
+        "--weights", small_checkpoint, "--device", "cpu", "--precision", "fp32", "--preview", preview,
+    )
+    assert code == 0, err
+    assert "window" in err  # the progress bar
+    source, result = sitk.ReadImage(str(example_ct_crop)), sitk.ReadImage(str(output))
+    assert result.GetSize() == source.GetSize()
+    assert result.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(result.GetSpacing(), source.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(result.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(result.GetDirection(), source.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayViewFromImage(result))) <= {0, 1, 3, 5, 6}
+    assert preview.stat().st_size > 1000
+
+
+def test_existing_output_is_never_replaced_without_overwrite(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    output = tmp_path / "labels.nrrd"
+    output.write_bytes(b"the user's own file")
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", output, "--weights", small_checkpoint)
+    assert code == 1 and "--overwrite" in err and "Traceback" not in err
+    assert output.read_bytes() == b"the user's own file"
+    code, _, err = run(
+        capsys, "segment", example_ct_crop, "-o", output, "--labels", "1", "--weights", small_checkpoint,
+        "--overwrite",
+    )
+    assert code == 0, err
+    assert sitk.ReadImage(str(output)).GetSize() == sitk.ReadImage(str(example_ct_crop)).GetSize()
+
+
+def test_seg_nrrd_output_carries_names_and_terminology(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    import slicerio
+
+    output = tmp_path / "labels.seg.nrrd"
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", output, "--labels", "1,3", "--weights", small_checkpoint)
+    assert code == 0, err
+    segments = slicerio.read_segmentation(str(output))["segments"]
+    assert {s["labelValue"] for s in segments} <= {1, 3} and segments
+    # slicerio gives each code as [scheme, value, meaning]
+    assert {tuple(s["terminology"]["type"]) for s in segments} <= {("SCT", "10200004", "Liver"), ("SCT", "78961009", "Spleen")}
+
+
+def test_typo_in_a_label_name_suggests_the_right_one(capsys, tmp_path, example_ct_crop):
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", tmp_path / "x.nii.gz", "--labels", "livr")
+    assert code == 1 and "liver" in err and "Traceback" not in err
+
+
+def test_missing_weights_say_how_to_get_them(capsys, tmp_path, example_ct_crop):
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", tmp_path / "x.nii.gz", "--labels", "1")
+    assert code == 1 and "--weights" in err and "vista3d weights download" in err
+
+
+def test_labels_prints_the_table(capsys):
+    code, out, _ = run(capsys, "labels")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.split()[0].isdigit()]
+    assert len(rows) == 132
+    assert "liver" in rows[0] and "everything" in rows[0]
+    assert "group: 14,5" in rows[1]
+
+
+def test_batch_runs_skips_and_reports(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    image = nib.load(example_ct_crop)
+    for name in ("a", "b"):
+        nib.save(image, cases / f"{name}.nii.gz")
+    (cases / "broken.nii.gz").write_bytes(b"not an image")
+    out_dir = tmp_path / "out"
+    options = ["--labels", "1,3", "--weights", small_checkpoint, "--device", "cpu"]
+
+    code, out, err = run(capsys, "batch", cases, "-o", out_dir, *options)
+    assert code == 1  # one case failed
+    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME))}
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "done", "b": "done", "broken": "failed"}
+    assert "broken" in err and rows["broken"]["message"]
+    first = (out_dir / "a.nii.gz").read_bytes()
+
+    code, out, err = run(capsys, "batch", str(cases / "[ab].nii.gz"), "-o", out_dir, *options)
+    assert code == 0
+    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME))}
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "skipped", "b": "skipped"}
+    assert (out_dir / "a.nii.gz").read_bytes() == first
+
+
+def test_weights_path_without_weights(capsys):
+    code, _, err = run(capsys, "weights", "path")
+    assert code == 1 and "vista3d weights download" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels", ["1,3,5,6", "everything"])
+def test_segment_with_real_vista3d132_matches_the_bundle(capsys, tmp_path, example_ct, real_checkpoint, labels):
+    """The issue's acceptance run: the full-size network on the whole example CT, CLI against the bundle."""
+    from reference_pipeline import run_reference
+
+    from VISTA3DSlicerLib.model import load_network
+
+    output = tmp_path / "labels.nii.gz"
+    code, _, err = run(
+        capsys, "segment", example_ct, "-o", output, "--labels", labels, "--weights", real_checkpoint,
+        "--device", "cpu", "--precision", "fp32",
+    )
+    assert code == 0, err
+    ours = np.asanyarray(nib.load(output).dataobj)
+    reference = run_reference(example_ct, load_network(real_checkpoint), None if labels == "everything" else [1, 3, 5, 6])
+    agreement = float((ours == reference).mean())
+    print(f"agreement with the bundle ({labels}): {agreement:.6f}")
+    assert agreement >= 0.999
+    assert len(set(np.unique(ours)) - {0}) >= (3 if labels != "everything" else 10)

@@ -1,0 +1,332 @@
+"""The ``vista3d`` command line: segment, batch, labels, weights, bench.
+
+Every failure the user can fix is a ``VISTA3DError``; it is printed as one line starting
+with ``error:`` and the command exits with status 1 (no traceback). Outputs are checked
+before the model is loaded, so a refused overwrite costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from .errors import VISTA3DError
+
+#: File endings ``read_image`` takes, longest first so ".nii.gz" wins over ".gz".
+IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha")
+SUMMARY_NAME = "vista3d_summary.csv"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except VISTA3DError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vista3d", description="VISTA3D CT segmentation from the command line.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more about what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--labels",
+            default="everything",
+            help="comma-separated VISTA3D names or IDs (liver,spleen or 1,3), or 'everything' (default)",
+        )
+        command.add_argument("--weights", help="checkpoint file (default: $VISTA3D_WEIGHTS, else the download)")
+        command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+        command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+        command.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+
+    segment = commands.add_parser("segment", help="segment one CT volume")
+    segment.add_argument("image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM series folder")
+    segment.add_argument("-o", "--output", required=True, help="labelmap: .nii.gz, .nrrd, .seg.nrrd or .mha")
+    model_options(segment)
+    segment.add_argument("--preview", help="also write a PNG of three orthogonal slices with the labels")
+    segment.set_defaults(run=_segment)
+
+    batch = commands.add_parser("batch", help="segment every volume of a folder or glob pattern")
+    batch.add_argument("inputs", help="a folder, or a glob pattern such as 'cases/*.nii.gz' (quote it)")
+    batch.add_argument("-o", "--output", required=True, help="output folder")
+    model_options(batch)
+    batch.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS, help="labelmap format")
+    batch.add_argument("--preview", action="store_true", help="also write <case>_preview.png per case")
+    batch.set_defaults(run=_batch)
+
+    labels = commands.add_parser("labels", help="print the label table")
+    labels.set_defaults(run=_labels)
+
+    weights = commands.add_parser("weights", help="download, locate or verify the VISTA3D weights")
+    weights.add_argument("action", choices=("download", "path", "verify"))
+    weights.add_argument("--source", default=None, help="huggingface (default) or nvidia")
+    weights.add_argument("--weights", help="with verify: the file to check (default: the one that would be used)")
+    weights.set_defaults(run=_weights)
+
+    bench = commands.add_parser("bench", help="time the engine on this machine and record it in BENCHMARKS.md")
+    bench.add_argument("--input", help="CT to time end to end (default: the example CT in ../shared/data)")
+    bench.add_argument("--labels", default="1,3,5,6,10", help="classes for the end-to-end timing")
+    bench.add_argument("--weights", help="checkpoint; default: random vista3d132 weights (timing is the same)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    bench.add_argument("--repeats", type=int, default=2, help="timed 128³ windows (after one warm-up)")
+    bench.add_argument("--output", default="BENCHMARKS.md", help="Markdown file the results are appended to")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------- segment
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .io import read_image, write_labelmap, write_preview_png
+
+    output = Path(args.output)
+    preview = Path(args.preview) if args.preview else None
+    for path in (output, preview):
+        _refuse_existing(path, args.overwrite)
+    label_ids = _label_ids(args.labels)
+    image = read_image(args.image)
+    engine = _engine(args)
+    labelmap = _run_with_bar(engine, image, label_ids, desc=Path(args.image).name)
+    write_labelmap(labelmap, output, overwrite=args.overwrite)
+    print(f"Wrote {output}")
+    if preview is not None:
+        write_preview_png(image, labelmap, preview, overwrite=args.overwrite)
+        print(f"Wrote {preview}")
+    return 0
+
+
+def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
+    if path is not None and path.exists() and not overwrite:
+        raise VISTA3DError(f"{path} exists and was left as it is. Pass --overwrite to replace it.")
+
+
+def _label_ids(text: str) -> Optional[list[int]]:
+    """IDs from ``--labels``; None means everything (the engine's default prompt)."""
+    from .labels import EVERYTHING, parse_label_prompt, validate_automatic_prompt
+
+    ids = parse_label_prompt(text)
+    validate_automatic_prompt(ids)
+    return None if list(ids) == list(EVERYTHING) else ids
+
+
+def _engine(args: argparse.Namespace):
+    from .engine import Engine
+
+    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision)
+    print(f"VISTA3D on {engine.device} ({args.precision})", file=sys.stderr)
+    return engine
+
+
+def _run_with_bar(engine, image, label_ids, desc: str):
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc=desc, unit="window", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+        return engine.segment(image, label_ids, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------- batch
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io import read_image, write_labelmap, write_preview_png
+
+    cases = list(_find_cases(args.inputs))
+    if not cases:
+        raise VISTA3DError(
+            f"No volumes found in {args.inputs!r}: give a folder holding {', '.join(IMAGE_SUFFIXES)} files "
+            "(or DICOM series folders), or a quoted glob pattern."
+        )
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_ids = _label_ids(args.labels)
+    engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
+    rows = []
+    for source in tqdm(cases, desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True):
+        name = _case_name(source)
+        output = out_dir / f"{name}.{args.format}"
+        preview = out_dir / f"{name}_preview.png" if args.preview else None
+        started = time.perf_counter()
+        if output.exists() and not args.overwrite:
+            rows.append(_row(name, source, output, "skipped", started, "output exists (use --overwrite to redo)"))
+            continue
+        try:
+            image = read_image(source)
+        except VISTA3DError as error:
+            rows.append(_row(name, source, output, "failed", started, str(error)))
+            continue
+        engine = engine or _engine(args)  # a model that cannot load fails the whole batch, once
+        try:
+            labelmap = _run_with_bar(engine, image, label_ids, desc=name)
+            if preview is not None:  # before the labelmap: an existing labelmap marks a finished case
+                write_preview_png(image, labelmap, preview, overwrite=True)
+            write_labelmap(labelmap, output, overwrite=args.overwrite)
+            rows.append(_row(name, source, output, "done", started, ""))
+        except VISTA3DError as error:
+            rows.append(_row(name, source, output, "failed", started, str(error)))
+        except Exception as error:  # one broken case must not stop a night's batch; it is reported
+            logging.getLogger(__name__).debug("case %s failed", name, exc_info=True)
+            rows.append(_row(name, source, output, "failed", started, f"{type(error).__name__}: {error}"))
+    summary = out_dir / SUMMARY_NAME
+    _write_summary(summary, rows)
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary: {summary}")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  failed: {row['case']}: {row['message']}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+def _find_cases(pattern: str) -> Iterator[Path]:
+    """Volumes of a folder (files with an image ending, and DICOM series sub-folders), or of a glob."""
+    folder = Path(pattern)
+    candidates = sorted(folder.iterdir()) if folder.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
+    for path in candidates:
+        if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.endswith(".seg.nrrd"):
+            yield path
+        elif path.is_dir() and _holds_dicom_series(path):
+            yield path
+
+
+def _holds_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _row(name: str, source: Path, output: Path, status: str, started: float, message: str) -> dict:
+    return {
+        "case": name,
+        "input": str(source),
+        "output": str(output),
+        "status": status,
+        "seconds": f"{time.perf_counter() - started:.1f}",
+        "message": message,
+    }
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "input", "output", "status", "seconds", "message"])
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(path)
+
+
+# ------------------------------------------------------------------------------------ labels, weights
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from .labels import EVERYTHING, SUBCLASSES, SUPPORTED, label_table
+
+    print(f"{'ID':>3}  {'name':<30} {'display name':<30} use")
+    for label_id, info in label_table().items():
+        if label_id in SUBCLASSES:
+            use = "group: " + ",".join(map(str, SUBCLASSES[label_id]))
+        elif label_id in EVERYTHING:
+            use = "everything"
+        elif label_id in SUPPORTED:
+            use = "ask for it by name"
+        else:
+            use = "unsupported (legacy)"
+        print(f"{label_id:>3}  {info.name:<30} {info.display_name:<30} {use}")
+    print("133-254  zero-shot structures: need clicks")
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from . import weights
+
+    source = _weights_source(args.source)
+    if args.action == "path":
+        print(weights.resolve_weights(None))
+        return 0
+    if args.action == "verify":
+        path = Path(args.weights) if args.weights else weights.resolve_weights(None)
+        if weights.verify(path, source):
+            print(f"{path}: checksum OK ({source.name})")
+            return 0
+        print(f"{path}: checksum does NOT match the {source.name} release. Download it again.", file=sys.stderr)
+        return 1
+    print(source.licence_note, file=sys.stderr)
+    path = _download_with_bar(source)
+    print(path)
+    return 0
+
+
+def _weights_source(name: Optional[str]):
+    from .weights import DEFAULT_SOURCE, SOURCES
+
+    name = name or DEFAULT_SOURCE
+    if name not in SOURCES:
+        raise VISTA3DError(f"Unknown weights source {name!r}: use one of {', '.join(SOURCES)}.")
+    return SOURCES[name]
+
+
+def _download_with_bar(source):
+    from tqdm import tqdm
+
+    from .weights import download
+
+    with tqdm(desc="VISTA3D weights", unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = total or None
+            bar.n = done
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+        return download(source, progress=progress)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    run_benchmark(
+        input_path=args.input,
+        labels=args.labels,
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        repeats=args.repeats,
+        output=Path(args.output),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
