@@ -98,3 +98,13 @@ def test_labels_stay_where_the_structure_is(tmp_path_factory, phantom, suffix):
     assert reread.shape == image.shape
     np.testing.assert_allclose(reread.affine, image.affine, atol=1e-4)  # NIfTI stores float32
     assert np.array_equal(reread.array, labelmap.array)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(phantoms(), st.lists(st.floats(-5, 70), min_size=3, max_size=3))
+def test_voxel_ras_conversion_round_trips(phantom, index):
+    """Slicer's Markups are RAS: clicks convert to voxel indices and back without drift."""
+    image = phantom[0]
+    ras = image.index_to_ras(np.array(index))
+    np.testing.assert_allclose(image.ras_to_index(ras), index, atol=1e-9)
+    np.testing.assert_allclose(ras, image.affine[:3, :3] @ index + image.affine[:3, 3])
