@@ -1,0 +1,177 @@
+"""The bridge between the library's ``Image`` and 3D Slicer's MRML nodes.
+
+This is the only library module that touches ``slicer`` and MRML; the scripted module imports
+it inside Slicer only. ``slicer`` and ``vtk`` are imported inside the functions, so importing
+this module outside Slicer does not fail (the test suite checks its array conventions with
+stand-in nodes).
+
+Conventions at this boundary: ``slicer.util.arrayFromVolume`` gives ``[k, j, i]``, ``Image``
+holds ``[i, j, k]``, so arrays are transposed once here in each direction. A volume's
+``IJKToRAS`` matrix is the ``Image``'s affine; a parent transform of the volume is not applied
+to the voxels (the network sees the grid as stored) but is given to the imported segments, so
+they stay on the volume wherever it is moved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import VISTA3DError
+from .geometry import Image
+
+__all__ = ["LABEL_VALUE_TAG", "image_from_volume_node", "labelmap_to_segmentation", "consecutive_labels"]
+
+#: Segment tag holding the VISTA3D label ID a segment was made from. A new result replaces
+#: the segments carrying its labels' IDs and nothing else (not segments the user drew).
+LABEL_VALUE_TAG = "VISTA3D.LabelValue"
+
+# The classes slicer.util.arrayFromVolume reads as one value per voxel. Vector, multi-volume
+# and tensor nodes derive from vtkMRMLScalarVolumeNode too, so an IsA check would let them in.
+_SCALAR_VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode")
+
+
+def image_from_volume_node(volume_node) -> Image:
+    """The voxels (``[i, j, k]``, copied) and ``IJKToRAS`` matrix of a scalar volume node.
+
+    Raises ``VISTA3DError`` for no node, a node without voxels, and vector (colour, multi-volume,
+    4D) or tensor volumes.
+    """
+    import slicer
+    import vtk
+
+    if volume_node is None:
+        raise VISTA3DError("No input volume is selected. Load a CT volume and select it as the input.")
+    name = volume_node.GetName()
+    class_name = volume_node.GetClassName()
+    image_data = volume_node.GetImageData()
+    if class_name not in _SCALAR_VOLUME_CLASSES or (
+        image_data is not None and image_data.GetNumberOfScalarComponents() != 1
+    ):
+        raise VISTA3DError(
+            f"'{name}' is not a single-channel 3D volume ({class_name}): VISTA3D segments one 3D CT "
+            "volume. For a colour, vector or 4D volume, extract one component or time point first "
+            "(for example with the Vector to Scalar Volume module) and select that."
+        )
+    if image_data is None or image_data.GetNumberOfPoints() == 0:
+        raise VISTA3DError(f"'{name}' has no voxels. Load the volume's data and try again.")
+
+    # A copy: arrayFromVolume is a view of VTK-owned memory that changes when the node does.
+    array_ijk = np.array(slicer.util.arrayFromVolume(volume_node).transpose(2, 1, 0))
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    return Image(array_ijk, slicer.util.arrayFromVTKMatrix(ijk_to_ras))
+
+
+def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volume_node) -> list[str]:
+    """Write each label present in ``labelmap`` (VISTA3D IDs, 0 = background) into
+    ``segmentation_node`` as one segment with the label's standard name, colour and terminology.
+
+    The segmentation's reference geometry is set from ``reference_volume_node``, whose grid the
+    labelmap is on. A segment earlier made from the same VISTA3D label (found by its
+    ``LABEL_VALUE_TAG``) is overwritten in place, keeping its ID and display settings; every
+    other segment is left as it is. Labels absent from ``labelmap`` change nothing.
+
+    Returns the IDs of the written segments, in increasing label order.
+    """
+    import slicer
+
+    from . import labels
+
+    if labelmap.array.dtype.kind not in "iu":
+        raise VISTA3DError(f"A labelmap must hold integers, not {labelmap.array.dtype}.")
+    present = [int(value) for value in np.unique(labelmap.array) if value != 0]
+    if present and present[0] < 0:
+        raise VISTA3DError(f"A labelmap holds label IDs from 0 up, not {present[0]}.")
+
+    binary_labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    source_representation = segmentation.GetSourceRepresentationName()
+    if source_representation != binary_labelmap:
+        if segmentation.GetNumberOfSegments():
+            raise VISTA3DError(
+                f"The segmentation '{segmentation_node.GetName()}' is stored as {source_representation}, "
+                "not as a labelmap, so VISTA3D results cannot be added to it. Choose another "
+                "segmentation or create a new one."
+            )
+        segmentation.SetSourceRepresentationName(binary_labelmap)  # empty: nothing to convert
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    if not present:
+        return []
+
+    segment_ids = []
+    earlier = _segment_ids_by_label(segmentation)
+    was_modifying = segmentation_node.StartModify()
+    try:
+        for label in present:
+            info = labels.label_info(label)
+            color = [channel / 255.0 for channel in info.color]
+            reused = earlier.get(label, [])
+            for duplicate in reused[1:]:
+                segmentation.RemoveSegment(duplicate)
+            segment_id = reused[0] if reused else segmentation.AddEmptySegment("", info.display_name, color)
+            segment = segmentation.GetSegment(segment_id)
+            segment.SetName(info.display_name)
+            segment.SetColor(*color)
+            segment.SetTag(segment.GetTerminologyEntryTagName(), info.terminology_entry())
+            segment.SetTag(LABEL_VALUE_TAG, str(label))
+            # The name and colour are the label's own: keep Slicer from renaming or recolouring.
+            segment.SetNameAutoGenerated(False)
+            segment.SetColorAutoGenerated(False)
+            segment_ids.append(segment_id)
+        _import_consecutive_labels(labelmap, present, segment_ids, segmentation_node, reference_volume_node)
+    finally:
+        segmentation_node.EndModify(was_modifying)
+    return segment_ids
+
+
+def consecutive_labels(array: np.ndarray, present: list[int]) -> np.ndarray:
+    """``array`` with the i-th of the (sorted) ``present`` labels as ``i + 1``, background 0.
+
+    Slicer's labelmap import maps values 1..N to a list of N segment IDs; one import of this
+    array fills every segment at once, sharing one labelmap layer.
+    """
+    lookup = np.zeros(max(present) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
+    lookup[present] = np.arange(1, len(present) + 1)
+    return lookup[array]
+
+
+def _segment_ids_by_label(segmentation) -> dict[int, list[str]]:
+    """VISTA3D label ID -> IDs of the segments tagged with it (normally one)."""
+    import vtk
+
+    by_label: dict[int, list[str]] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        value = vtk.mutable("")
+        if segmentation.GetSegment(segment_id).GetTag(LABEL_VALUE_TAG, value):
+            try:
+                by_label.setdefault(int(value.get()), []).append(segment_id)
+            except ValueError:  # a tag edited by hand: not one of ours any more
+                continue
+    return by_label
+
+
+def _import_consecutive_labels(labelmap: Image, present: list[int], segment_ids: list[str],
+                               segmentation_node, reference_volume_node) -> None:
+    import slicer
+    import vtk
+
+    scene = segmentation_node.GetScene()
+    temporary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("VISTA3D import"))
+    try:
+        slicer.util.updateVolumeFromArray(temporary, consecutive_labels(labelmap.array, present).transpose(2, 1, 0))
+        temporary.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(labelmap.affine))
+        # Same coordinate system as the volume: the import maps it into the segmentation's.
+        temporary.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
+        updated = vtk.vtkStringArray()
+        for segment_id in segment_ids:
+            updated.InsertNextValue(segment_id)
+        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(
+            temporary, segmentation_node, updated
+        ):
+            raise VISTA3DError(
+                f"Slicer could not import the VISTA3D result into '{segmentation_node.GetName()}'; "
+                "the application log has the details."
+            )
+    finally:
+        scene.RemoveNode(temporary)
