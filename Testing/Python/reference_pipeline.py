@@ -4,7 +4,9 @@ This follows the reference doc §5 step by step (LoadImaged with nibabel, Spacin
 HU > 0, VistaPreTransformd, intensity scaling, RAS, the bundle inferer's sliding window,
 VistaPostTransformd, Invertd with nearest, NaN -> 255). It is deliberately written out as
 the bundle wires it, independent of the engine's code, so that the engine can be checked
-against it. Only the automatic (class prompt) path is here so far.
+against it. With points it follows the bundle's evaluator and inferer (§5.3-5.4 A): points
+mapped into the preprocessed image, ``point_based_window_inferer``, zero-shot IDs dropped
+from ``class_vector``, and ``VistaPostTransformd`` keeping the components of positive clicks.
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ SUBCLASS = {
 }
 
 
-def run_reference(image_path: str | Path, network: torch.nn.Module, label_prompt: Sequence[int] | None) -> np.ndarray:
-    """Labelmap (float array on the input grid, nibabel's [i, j, k]) that the bundle produces, fp32 on CPU."""
-    from monai.apps.vista3d.transforms import VistaPostTransformd, VistaPreTransformd
+def run_reference(
+    image_path: str | Path,
+    network: torch.nn.Module,
+    label_prompt: Sequence[int] | None,
+    points: Sequence[Sequence[float]] | None = None,
+    point_labels: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Labelmap (float array on the input grid, nibabel's [i, j, k]) that the bundle produces, fp32 on CPU.
+
+    ``points`` are voxel indices of the input array; ``point_labels`` 1 positive, 0 negative.
+    Voxels outside every point window are 255, as the bundle writes them.
+    """
+    from monai.apps.vista3d.transforms import VistaPreTransformd
     from monai.inferers import SlidingWindowInfererAdapt
     from monai.transforms import (
         CastToTyped,
@@ -36,8 +48,6 @@ def run_reference(image_path: str | Path, network: torch.nn.Module, label_prompt
         CropForegroundd,
         EnsureChannelFirstd,
         EnsureTyped,
-        Invertd,
-        Lambdad,
         LoadImaged,
         Orientationd,
         ScaleIntensityRanged,
@@ -62,13 +72,21 @@ def run_reference(image_path: str | Path, network: torch.nn.Module, label_prompt
         ]
     )
     data = {"image": str(image_path)}
-    # Evaluator.check_prompts_format: no prompt -> everything_labels.
-    data["label_prompt"] = list(label_prompt) if label_prompt is not None else list(EVERYTHING_LABELS)
-    data = preprocessing(data)
+    # Evaluator.check_prompts_format: no prompt and no points -> everything_labels.
+    if label_prompt is not None:
+        data["label_prompt"] = list(label_prompt)
+    elif points is None:
+        data["label_prompt"] = list(EVERYTHING_LABELS)
+    if points is not None:
+        data["points"] = [list(p) for p in points]
+        data["point_labels"] = list(point_labels)
+    data = preprocessing(data)  # VistaPreTransformd turns click labels 0/1 into 2/3 for its special IDs
 
     inputs = data["image"][None]
-    class_vector = torch.as_tensor([data["label_prompt"]])[0].unsqueeze(-1)
     network = network.eval()
+    if points is not None:
+        return _reference_points(data, inputs, network, preprocessing)
+    class_vector = torch.as_tensor([data["label_prompt"]])[0].unsqueeze(-1)
     with torch.no_grad():
         # Vista3dInferer without points: SlidingWindowInfererAdapt with its defaults (overlap 0.25,
         # constant blending), replicate padding and patch coordinates.
@@ -89,6 +107,51 @@ def run_reference(image_path: str | Path, network: torch.nn.Module, label_prompt
         )
     data["pred"] = pred[0]
     data["label_prompt"] = class_vector
+    return _postprocess(data, preprocessing)
+
+
+def _reference_points(data: dict, inputs: torch.Tensor, network: torch.nn.Module, preprocessing) -> np.ndarray:
+    """Vista3dEvaluator + Vista3dInferer with points (``use_point_window=True``)."""
+    from monai.apps.vista3d.inferer import point_based_window_inferer
+
+    label_prompt = data.get("label_prompt")
+    class_vector = torch.as_tensor([label_prompt])[0].unsqueeze(-1) if label_prompt is not None else None
+    # Evaluator: points from the original array's indices into the preprocessed image, not rounded.
+    image = data["image"]  # not collated here, so its affines carry no batch axis
+    to_network = np.linalg.inv(np.asarray(image.affine, dtype=np.float64)) @ np.asarray(
+        image.meta["original_affine"], dtype=np.float64
+    )
+    homogeneous = np.concatenate([np.asarray(data["points"], dtype=np.float64), np.ones((len(data["points"]), 1))], 1)
+    points = torch.from_numpy((homogeneous @ to_network.T)[None, :, :3])
+    point_labels = torch.as_tensor([data["point_labels"]])
+    # Inferer: prompt_class keeps the ID; a zero-shot ID leaves the class head out.
+    prompt_class = None if class_vector is None else class_vector.clone()
+    if class_vector is not None and bool((class_vector > 132).any()):
+        class_vector = None
+    with torch.no_grad():
+        pred = point_based_window_inferer(
+            inputs=inputs,
+            roi_size=[128, 128, 128],
+            predictor=network,
+            point_coords=points,
+            point_labels=point_labels,
+            class_vector=class_vector,
+            prompt_class=prompt_class,
+            prev_mask=None,
+            transpose=True,
+            with_coord=True,
+        )
+    data["pred"] = pred[0]
+    data["label_prompt"] = None if label_prompt is None else torch.as_tensor([label_prompt])[0].unsqueeze(-1)
+    data["points"] = points
+    data["point_labels"] = point_labels
+    return _postprocess(data, preprocessing)
+
+
+def _postprocess(data: dict, preprocessing) -> np.ndarray:
+    from monai.apps.vista3d.transforms import VistaPostTransformd
+    from monai.transforms import Compose, Invertd, Lambdad
+
     postprocessing = Compose(
         [
             VistaPostTransformd(keys="pred"),

@@ -137,3 +137,73 @@ def test_segment_with_real_vista3d132_matches_the_bundle(capsys, tmp_path, examp
     print(f"agreement with the bundle ({labels}): {agreement:.6f}")
     assert agreement >= 0.999
     assert len(set(np.unique(ours)) - {0}) >= (3 if labels != "everything" else 10)
+
+
+# ------------------------------------------------------------------------------------------- clicks
+
+
+def click_session_mask(checkpoint, image_path, label, clicks, auto: bool):
+    """What the library gives for the same clicks (the CLI must write exactly this)."""
+    from VISTA3DSlicerLib.engine import Engine
+    from VISTA3DSlicerLib.interactive import Session
+    from VISTA3DSlicerLib.io import read_image
+
+    image = read_image(image_path)
+    session = Session(Engine.from_weights(checkpoint, device="cpu"), image)
+    structure = session.structure(label, mask=None if auto else np.zeros(image.shape, bool))
+    return structure.add_clicks(clicks).mask
+
+
+def test_segment_with_clicks_edits_the_class_auto_result(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    output = tmp_path / "liver.nii.gz"
+    code, _, err = run(
+        capsys, "segment", example_ct_crop, "-o", output, "--label", "liver", "--point", "35,30,15",
+        "--negative-point", "50,40,18", "--weights", small_checkpoint, "--device", "cpu",
+    )
+    assert code == 0, err
+    written = np.asanyarray(nib.load(output).dataobj)
+    assert set(np.unique(written)) == {0, 1}  # liver is ID 1
+    clicks = [((35, 30, 15), True), ((50, 40, 18), False)]
+    assert np.array_equal(written == 1, click_session_mask(small_checkpoint, example_ct_crop, 1, clicks, True))
+
+
+def test_segment_points_only_in_ras_writes_its_own_id(capsys, tmp_path, example_ct_crop, small_checkpoint):
+    image = nib.load(example_ct_crop)
+    ras = image.affine @ np.array([35.0, 30.0, 15.0, 1.0])
+    by_index, by_ras = tmp_path / "index.nrrd", tmp_path / "ras.nrrd"
+    common = ["--weights", small_checkpoint, "--device", "cpu"]
+    assert run(capsys, "segment", example_ct_crop, "-o", by_index, "--point", "35,30,15", *common)[0] == 0
+    code, _, err = run(
+        capsys, "segment", example_ct_crop, "-o", by_ras, "--point", ",".join(f"{v:.4f}" for v in ras[:3]),
+        "--point-space", "ras", *common,
+    )
+    assert code == 0, err
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(by_index)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(by_ras)))
+    assert set(np.unique(a)) == {0, 133}  # never 1: that is the liver's ID
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--labels", "liver", "--point", "35,30,15"], "--label"),
+        (["--label", "liver"], "without clicks"),
+        (["--label", "bone", "--point", "35,30,15"], "group"),
+        (["--label", "livr", "--point", "35,30,15"], "Did you mean: liver"),
+        (["--point", "35,30,99"], "outside the volume"),
+    ],
+    ids=["labels-with-clicks", "no-clicks", "group", "typo", "outside"],
+)
+def test_click_options_refused_with_a_clear_message(capsys, tmp_path, example_ct_crop, small_checkpoint, argv, message):
+    output = tmp_path / "out.nii.gz"
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", output, "--weights", small_checkpoint, *argv)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not output.exists()
+
+
+def test_malformed_point_is_a_usage_error(capsys, tmp_path, example_ct_crop):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(example_ct_crop), "-o", str(tmp_path / "o.nii.gz"), "--point", "1,2"])
+    assert exit_info.value.code == 2
+    assert "three comma-separated numbers" in capsys.readouterr().err

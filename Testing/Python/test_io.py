@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -563,8 +562,6 @@ def test_preview_needs_labels_on_the_image_grid(tmp_path):
 
 def test_preview_of_real_ct(tmp_path):
     from PIL import Image as PILImage
-
-    from VISTA3DSlicerLib.labels import label_info
 
     image = io.read_image(shared_file("example_ct_sm.nii.gz"))
     reference = io.read_image(shared_file("example_seg.nii.gz"))  # TotalSegmentator IDs, good for a look

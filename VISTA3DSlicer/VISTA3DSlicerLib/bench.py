@@ -34,24 +34,17 @@ def run_benchmark(
     """Time one 128³ window and one end-to-end segmentation; append the figures to ``output``."""
     import torch
 
-    from .engine import Engine, count_windows
+    from .engine import count_windows
     from .io import read_image
     from .labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
-    from .model import autocast, build_network, load_network, resolve_device
+    from .model import autocast
     from .preprocessing import preprocess
 
-    source = Path(input_path) if input_path else DEFAULT_INPUT
-    if not source.exists():
-        raise VISTA3DError(f"No CT to time: {source} does not exist. Pass --input FILE.")
+    source = _source(input_path)
     label_ids = parse_label_prompt(labels)
     validate_automatic_prompt(label_ids)
-    torch_device = resolve_device(device)
-    if weights:
-        network, weights_note = load_network(weights, torch_device), str(weights)
-    else:
-        torch.manual_seed(0)
-        network, weights_note = build_network(), "random vista3d132 weights (seed 0)"
-    engine = Engine(network, torch_device, precision)
+    engine, weights_note = _engine(weights, device, precision)
+    torch_device = engine.device
     class_vector = torch.as_tensor(expand_subclasses(label_ids), device=torch_device).unsqueeze(-1)
 
     window = torch.rand(1, 1, 128, 128, 128, device=torch_device)
@@ -84,7 +77,7 @@ def run_benchmark(
         "windows": windows,
         "end_to_end_seconds": end_to_end,
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "command": "vista3d " + " ".join(sys.argv[1:]) if sys.argv and "vista3d" in sys.argv[0] else "vista3d bench",
+        "command": _command(),
     }
     _append_markdown(output, result)
     print(
@@ -93,6 +86,100 @@ def run_benchmark(
         f"{end_to_end:.1f} s\nappended to {output}"
     )
     return result
+
+
+def _source(input_path: Optional[str]) -> Path:
+    source = Path(input_path) if input_path else DEFAULT_INPUT
+    if not source.exists():
+        raise VISTA3DError(f"No CT to time: {source} does not exist. Pass --input FILE.")
+    return source
+
+
+def _engine(weights: Optional[str], device: str, precision: str):
+    """The engine to time, and a note saying which weights it holds."""
+    import torch
+
+    from .engine import Engine
+    from .model import build_network, load_network, resolve_device
+
+    torch_device = resolve_device(device)
+    if weights:
+        return Engine(load_network(weights, torch_device), torch_device, precision), str(weights)
+    torch.manual_seed(0)
+    return Engine(build_network(), torch_device, precision), "random vista3d132 weights (seed 0)"
+
+
+#: Clicks of the click benchmark, as points of the network grid (1.5 mm voxels, RAS axes): three
+#: in the window that the reference puts at the grid's first corner (every click less than 64
+#: voxels from that corner opens the same window), then one at the grid's centre (a new window
+#: wherever the grid is larger than a window).
+SAME_WINDOW_POINTS = ((40.0, 50.0, 30.0, True), (55.0, 35.0, 40.0, False), (30.0, 30.0, 20.0, True))
+
+
+def run_click_benchmark(
+    input_path: Optional[str], label: str, weights: Optional[str], device: str, precision: str, output: Path
+) -> dict:
+    """Time clicks with the feature cache against the same clicks without it; append to ``output``.
+
+    The structure starts empty (no automatic pass first), so the figures are the clicks' own.
+    """
+    import numpy as np
+
+    from .interactive import Session
+    from .io import read_image
+    from .labels import find_label
+
+    source = _source(input_path)
+    label_id = find_label(label)
+    engine, weights_note = _engine(weights, device, precision)
+    image = read_image(source)
+    cached = Session(engine, image)
+    grid = np.asarray(cached.prepared.spatial_shape, dtype=np.float64)
+    network_points = [(np.minimum(p[:3], grid - 1), p[3]) for p in SAME_WINDOW_POINTS] + [((grid - 1) / 2, True)]
+    to_input = np.linalg.inv(
+        np.linalg.inv(np.asarray(cached.prepared.tensor.affine, dtype=np.float64)) @ image.affine
+    )
+    clicks = [(tuple(to_input[:3, :3] @ p + to_input[:3, 3]), positive) for p, positive in network_points]
+
+    def timed_clicks(session: Session) -> tuple[list[float], np.ndarray]:
+        structure = session.structure(label_id, mask=np.zeros(image.shape, dtype=bool))
+        seconds = []
+        for point, positive in clicks:
+            started = time.perf_counter()
+            edit = structure.click(point, positive)
+            _synchronize(engine.device)
+            seconds.append(time.perf_counter() - started)
+        return seconds, edit.mask
+
+    with_cache, mask_cached = timed_clicks(cached)
+    without_cache, mask_uncached = timed_clicks(Session(engine, image, cache_budget_bytes=0))
+    later = with_cache[1:3]
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(engine.device),
+        "weights": weights_note,
+        "precision": precision,
+        "input": f"{source.name} {image.shape} at {tuple(round(float(s), 2) for s in image.spacing)} mm",
+        "label": label_id,
+        "first_click": with_cache[0],
+        "later_same_window": sum(later) / len(later),
+        "new_window": with_cache[3],
+        "without_cache": without_cache,
+        "identical": bool(np.array_equal(mask_cached, mask_uncached)),
+        "command": _command(),
+    }
+    result["speedup"] = result["first_click"] / result["later_same_window"]
+    _append_click_markdown(output, result)
+    print(
+        f"{result['machine']}\nfirst click {result['first_click']:.2f} s, later clicks in that window "
+        f"{result['later_same_window']:.2f} s ({result['speedup']:.1f}x), a click in a new window "
+        f"{result['new_window']:.2f} s; identical to no cache: {result['identical']}\nappended to {output}"
+    )
+    return result
+
+
+def _command() -> str:
+    return "vista3d " + " ".join(sys.argv[1:]) if sys.argv and "vista3d" in sys.argv[0] else "vista3d bench"
 
 
 def machine_description(device) -> str:
@@ -120,11 +207,34 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _append_markdown(path: Path, result: dict) -> None:
-    header = "" if path.exists() else (
-        "# Benchmarks\n\nWritten by `vista3d bench` (each run appends a section). Timings are wall-clock "
-        "seconds on the machine named; speed goals live here, not in the tests.\n"
+HEADER = (
+    "# Benchmarks\n\nWritten by `vista3d bench` (each run appends a section). Timings are wall-clock "
+    "seconds on the machine named; speed goals live here, not in the tests.\n"
+)
+
+
+def _append_click_markdown(path: Path, result: dict) -> None:
+    header = "" if path.exists() else HEADER
+    uncached = ", ".join(f"{t:.2f}" for t in result["without_cache"])
+    section = (
+        f"\n## {result['date']}: clicks, {result['precision']} on {result['machine']}\n\n"
+        f"Command: `{result['command']}`  \nWeights: {result['weights']}  \n"
+        f"Input: {result['input']}; class {result['label']} + clicks on an empty structure\n\n"
+        "| measure | value |\n|---|---|\n"
+        f"| first click (encoder + heads, cold cache) | {result['first_click']:.2f} s |\n"
+        f"| 2nd and 3rd clicks in the same window (mean; heads only) | {result['later_same_window']:.2f} s |\n"
+        f"| speed-up of later clicks in a seen window | {result['speedup']:.1f}x |\n"
+        f"| 4th click, in a new window (one encoder pass; the first window from the cache) "
+        f"| {result['new_window']:.2f} s |\n"
+        f"| the same four clicks without the cache | {uncached} s |\n"
+        f"| final mask identical with and without the cache | {'yes' if result['identical'] else 'NO'} |\n"
     )
+    with open(path, "a") as handle:
+        handle.write(header + section)
+
+
+def _append_markdown(path: Path, result: dict) -> None:
+    header = "" if path.exists() else HEADER
     section = (
         f"\n## {result['date']}: {result['precision']} on {result['machine']}\n\n"
         f"Command: `{result['command']}`  \nWeights: {result['weights']}\n\n"

@@ -8,6 +8,7 @@ before the model is loaded, so a refused overwrite costs nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import logging
@@ -17,7 +18,11 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from .errors import VISTA3DError
+from .progress import ProgressCallback
 
+#: Label value of a structure defined by clicks alone (no class): the first ID after VISTA3D's classes,
+#: so that the output never claims a class it was not segmented as.
+POINTS_ONLY_ID = 133
 #: File endings ``read_image`` takes, longest first so ".nii.gz" wins over ".gz".
 IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha")
@@ -46,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     def model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--labels",
-            default="everything",
             help="comma-separated VISTA3D names or IDs (liver,spleen or 1,3), or 'everything' (default)",
         )
         command.add_argument("--weights", help="checkpoint file (default: $VISTA3D_WEIGHTS, else the download)")
@@ -59,7 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True, help="labelmap: .nii.gz, .nrrd, .seg.nrrd or .mha")
     model_options(segment)
     segment.add_argument("--preview", help="also write a PNG of three orthogonal slices with the labels")
-    segment.set_defaults(run=_segment)
+    clicks = segment.add_argument_group(
+        "clicks",
+        "Segment or correct one structure with clicks. Without --label the structure is defined by the clicks "
+        f"alone and written as ID {POINTS_ONLY_ID}. With a class, the clicks edit its automatic result; "
+        "with a zero-shot ID (133..254) they segment a structure VISTA3D has no class for.",
+    )
+    clicks.add_argument("--label", help="the one structure the clicks are on: a VISTA3D name or ID (1..254)")
+    clicks.add_argument(
+        "--point", dest="clicks", action=_ClickAction, positive=True, metavar="I,J,K",
+        help="a positive click (repeatable): voxel indices of the input array, as SimpleITK's "
+        "TransformIndexToPhysicalPoint takes them, or millimetres with --point-space ras",
+    )
+    clicks.add_argument(
+        "--negative-point", dest="clicks", action=_ClickAction, positive=False, metavar="I,J,K",
+        help="a negative click (repeatable): a place that is not the structure",
+    )
+    clicks.add_argument(
+        "--point-space", choices=("index", "ras"), default="index",
+        help="index (default): voxel indices i,j,k; ras: Slicer's RAS millimetres (as Markups show them)",
+    )
+    segment.set_defaults(run=_segment, clicks=[])
 
     batch = commands.add_parser("batch", help="segment every volume of a folder or glob pattern")
     batch.add_argument("inputs", help="a folder, or a glob pattern such as 'cases/*.nii.gz' (quote it)")
@@ -86,11 +110,34 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     bench.add_argument("--repeats", type=int, default=2, help="timed 128³ windows (after one warm-up)")
     bench.add_argument("--output", default="BENCHMARKS.md", help="Markdown file the results are appended to")
+    bench.add_argument(
+        "--clicks", action="store_true",
+        help="time interactive clicks instead: first click, later clicks in a window already seen (feature "
+        "cache), a click in a new window, and the same clicks without the cache",
+    )
+    bench.add_argument("--label", default="liver", help="with --clicks: the class the clicks edit")
     bench.set_defaults(run=_bench)
     return parser
 
 
 # ----------------------------------------------------------------------------------------- segment
+
+
+class _ClickAction(argparse.Action):
+    """``--point`` / ``--negative-point``: collect clicks in the order they are given, with their sign."""
+
+    def __init__(self, *args, positive: bool, **kwargs):
+        self.positive = positive
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            coordinates = [float(v) for v in str(values).split(",")]
+        except ValueError:
+            coordinates = []
+        if len(coordinates) != 3:
+            parser.error(f"{option_string} takes three comma-separated numbers (i,j,k), got {values!r}")
+        namespace.clicks = list(getattr(namespace, "clicks", None) or []) + [(coordinates, self.positive)]
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -100,10 +147,18 @@ def _segment(args: argparse.Namespace) -> int:
     preview = Path(args.preview) if args.preview else None
     for path in (output, preview):
         _refuse_existing(path, args.overwrite)
-    label_ids = _label_ids(args.labels)
+    if args.clicks or args.label is not None:
+        run = _click_job(args)
+    else:
+        label_ids = _label_ids(args.labels)
+
+        def run(image, engine):
+            with _progress_bar(Path(args.image).name) as progress:
+                return engine.segment(image, label_ids, progress=progress)
+
     image = read_image(args.image)
     engine = _engine(args)
-    labelmap = _run_with_bar(engine, image, label_ids, desc=Path(args.image).name)
+    labelmap = run(image, engine)
     write_labelmap(labelmap, output, overwrite=args.overwrite)
     print(f"Wrote {output}")
     if preview is not None:
@@ -112,15 +167,41 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _click_job(args: argparse.Namespace):
+    """Check the click options now (before any loading) and return what segments the image with them."""
+    from .labels import validate_click_label
+
+    if args.labels is not None:
+        raise VISTA3DError("Clicks edit one structure: give it with --label (not --labels).")
+    if not args.clicks:
+        raise VISTA3DError("--label without clicks: add --point i,j,k (or use --labels for automatic segmentation).")
+    label = None if args.label is None else validate_click_label(args.label)
+
+    def run(image, engine):
+        import numpy as np
+
+        from .interactive import Session
+
+        with _progress_bar(Path(args.image).name) as progress:
+            structure = Session(engine, image).structure(label)
+            edit = structure.add_clicks(args.clicks, args.point_space, progress=progress)
+        value = POINTS_ONLY_ID if label is None else label
+        return image.with_array(np.where(edit.mask, value, 0).astype(np.uint8))
+
+    return run
+
+
 def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
     if path is not None and path.exists() and not overwrite:
         raise VISTA3DError(f"{path} exists and was left as it is. Pass --overwrite to replace it.")
 
 
-def _label_ids(text: str) -> Optional[list[int]]:
+def _label_ids(text: Optional[str]) -> Optional[list[int]]:
     """IDs from ``--labels``; None means everything (the engine's default prompt)."""
     from .labels import EVERYTHING, parse_label_prompt, validate_automatic_prompt
 
+    if text is None:
+        return None
     ids = parse_label_prompt(text)
     validate_automatic_prompt(ids)
     return None if list(ids) == list(EVERYTHING) else ids
@@ -134,7 +215,9 @@ def _engine(args: argparse.Namespace):
     return engine
 
 
-def _run_with_bar(engine, image, label_ids, desc: str):
+@contextlib.contextmanager
+def _progress_bar(desc: str) -> Iterator[ProgressCallback]:
+    """A tqdm bar on stderr, fed by the engine's progress callback."""
     from tqdm import tqdm
 
     with tqdm(total=1, desc=desc, unit="window", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -145,7 +228,7 @@ def _run_with_bar(engine, image, label_ids, desc: str):
             bar.set_postfix_str(message, refresh=False)
             bar.refresh()
 
-        return engine.segment(image, label_ids, progress=progress)
+        yield progress
 
 
 # ------------------------------------------------------------------------------------------- batch
@@ -182,7 +265,8 @@ def _batch(args: argparse.Namespace) -> int:
             continue
         engine = engine or _engine(args)  # a model that cannot load fails the whole batch, once
         try:
-            labelmap = _run_with_bar(engine, image, label_ids, desc=name)
+            with _progress_bar(name) as progress:
+                labelmap = engine.segment(image, label_ids, progress=progress)
             if preview is not None:  # before the labelmap: an existing labelmap marks a finished case
                 write_preview_png(image, labelmap, preview, overwrite=True)
             write_labelmap(labelmap, output, overwrite=args.overwrite)
@@ -314,8 +398,11 @@ def _download_with_bar(source):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    from .bench import run_benchmark, run_click_benchmark
 
+    if args.clicks:
+        run_click_benchmark(args.input, args.label, args.weights, args.device, args.precision, Path(args.output))
+        return 0
     run_benchmark(
         input_path=args.input,
         labels=args.labels,

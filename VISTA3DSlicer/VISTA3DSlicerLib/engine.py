@@ -18,7 +18,7 @@ import numpy as np
 
 from . import labels as label_table
 from .geometry import Image
-from .preprocessing import preprocess
+from .preprocessing import Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -90,18 +90,33 @@ class Engine:
         """
         import torch
 
-        prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
-        label_table.validate_automatic_prompt(prompt)
-        class_ids = label_table.expand_subclasses(prompt)
-
+        if label_ids is not None:
+            label_table.validate_automatic_prompt(label_ids)  # before the preprocessing, not after it
         report(progress, 0, 1, "Preprocessing")
         with torch.inference_mode():
             prepared = preprocess(image, self.device)
+        return image.with_array(self.segment_prepared(prepared, label_ids, progress=progress, cancel=cancel))
+
+    def segment_prepared(
+        self,
+        prepared: Preprocessed,
+        label_ids: Optional[Sequence[int]] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> np.ndarray:
+        """``segment`` on an image already preprocessed (an interactive session keeps one): IDs on the input grid."""
+        import torch
+
+        prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
+        label_table.validate_automatic_prompt(prompt)
+        class_ids = label_table.expand_subclasses(prompt)
+        with torch.inference_mode():
             logits = self._sliding_window(prepared.tensor, class_ids, progress, cancel)
             labels = _logits_to_labels(logits, class_ids)
             del logits
             restored = prepared.restore(labels)
-        return image.with_array(restored.astype(np.uint8))
+        return np.rint(restored).astype(np.uint8)
 
     def _sliding_window(
         self,

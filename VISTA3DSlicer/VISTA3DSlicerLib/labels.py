@@ -377,6 +377,18 @@ def validate_automatic_prompt(ids: Sequence[int]) -> None:
             )
 
 
+def validate_click_label(label: str | int) -> int:
+    """The ID of the one structure clicks are on, refusing groups (clicks edit one structure at a time)."""
+    value = find_label(label)
+    if value in SUBCLASSES:
+        members = ", ".join(str(m) for m in SUBCLASSES[value])
+        raise VISTA3DError(
+            f"Label {value} ({label_table()[value].name}) is a group of several structures ({members}); "
+            "clicks edit one structure at a time: pick one of its members."
+        )
+    return value
+
+
 def expand_subclasses(ids: Sequence[int]) -> list[int]:
     """Groups replaced in place by their members, as the bundle does; duplicates dropped, first kept."""
     expanded: list[int] = []

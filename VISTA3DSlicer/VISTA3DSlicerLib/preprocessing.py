@@ -70,18 +70,46 @@ class Preprocessed:
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.tensor.shape[1:])  # type: ignore[return-value]
 
-    def restore(self, labels: "torch.Tensor") -> np.ndarray:
-        """Map a label volume ``[X, Y, Z]`` on the network grid back to the input grid (nearest)."""
+    def restore(self, volume: "torch.Tensor") -> np.ndarray:
+        """Map a volume ``[X, Y, Z]`` on the network grid back to the input grid (nearest neighbour).
+
+        Values are carried as they are (NaN included); the voxels outside the foreground crop,
+        which the network never saw, come back as 0, as in the reference.
+        """
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        prediction = MetaTensor(labels[None].float(), affine=self.tensor.affine, meta=dict(self.tensor.meta))
+        prediction = MetaTensor(volume[None].float(), affine=self.tensor.affine, meta=dict(self.tensor.meta))
         invert = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=True)
         restored = invert({"image": self.tensor, "pred": prediction})["pred"]
         array = restored[0].detach().cpu().numpy()
         if array.shape != self.source_shape:  # a broken inverse would be a bug, never the user's fault
             raise AssertionError(f"inverse produced {array.shape}, expected {self.source_shape}")
-        return np.rint(array).astype(np.int32)
+        return array
+
+    def to_network_points(self, indices: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices ``[N, 3]`` of the input array mapped onto the network grid.
+
+        The bundle's evaluator does the same (``inv(final affine) @ original affine``, float64,
+        not rounded), so the clicks land where the reference puts them.
+        """
+        to_network = np.linalg.inv(np.asarray(self.tensor.affine, dtype=np.float64)) @ np.asarray(
+            self.tensor.meta["original_affine"], dtype=np.float64
+        )
+        indices = np.asarray(indices, dtype=np.float64).reshape(-1, 3)
+        return indices @ to_network[:3, :3].T + to_network[:3, 3]
+
+    def to_network_grid(self, mask: np.ndarray, source_affine: np.ndarray) -> "torch.Tensor":
+        """A mask on the input grid resampled (nearest) onto the network grid, as float ``[X, Y, Z]``."""
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import SpatialResample
+
+        source = MetaTensor(torch.as_tensor(mask[None], dtype=torch.float32), affine=torch.as_tensor(source_affine))
+        resampled = SpatialResample(mode="nearest", padding_mode="zeros")(
+            source, dst_affine=self.tensor.affine, spatial_size=self.spatial_shape
+        )
+        return torch.as_tensor(resampled[0]).to(self.tensor.device)
 
 
 def preprocess(image: Image, device: "torch.device | str" = "cpu") -> Preprocessed:

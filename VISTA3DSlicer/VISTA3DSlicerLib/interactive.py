@@ -1,0 +1,487 @@
+"""Interactive correction: positive and negative clicks on one structure (reference doc §4-5).
+
+A ``Session`` holds one volume, preprocessed once, and a ``FeatureCache`` of the image
+encoder's output per 128³ window. A ``Structure`` is one target (a VISTA3D class, a
+zero-shot ID, or an unnamed structure found by clicks alone) with its clicks, its mask and
+an undo/redo history. Each click returns an ``Edit``: the structure's new mask and the box
+of voxels that changed, so a viewer rewrites only that region.
+
+What a click computes is the reference's (the bundle's ``point_based_window_inferer`` with
+``VISTA3D.forward``):
+
+- one 128³ window centred on every click of the structure (clamped to the volume, the image
+  zero-padded to 128 where smaller), each window run with all the clicks;
+- a known class (1..132): the class head's logits of the window, merged with the point head's
+  by connected components around the clicks (``connected_components_combine``);
+- no class: the point head with its "supported" embedding; the bundle then keeps only the
+  components that hold a positive click (``keep_components_with_positive_points``);
+- a zero-shot ID (133..254): the point head with its zero-shot embedding, no class head;
+- overlapping windows' logits are summed (not averaged), then thresholded at 0.
+
+Outside the union of the windows the reference writes 255 ("not processed"). Here those
+voxels keep what the structure had before the click (its auto result, a mask the user
+drew, or nothing): a click never touches what it did not compute.
+
+Where the structure already has voxels and has no class head (no class, or zero-shot), its
+mask is given to the network as the previous mask (``prev_mask``), as the VISTA3D authors'
+interactive demo does: inside each window the click's components are merged into it by
+``connected_components_combine``, so parts of the structure that no click touches stay as
+they were. With an empty structure this is exactly the bundle's computation.
+
+The click computation is a function of (the structure's mask before its first click, the
+clicks), evaluated from scratch on each click; the cache only makes it faster, and a run
+without cache gives identical output.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Literal, Optional, Sequence
+
+import numpy as np
+
+from . import labels as label_table
+from .errors import VISTA3DError
+from .feature_cache import FeatureCache, default_budget
+from .geometry import Image
+from .preprocessing import preprocess
+from .progress import CancelToken, ProgressCallback, report
+
+if TYPE_CHECKING:
+    import torch
+
+    from .engine import Engine
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 128
+#: Logit the network uses for "no prompt, nothing here" (VISTA3D.NINF_VALUE).
+NO_PREDICTION = -9999.0
+#: Logit magnitude that stands for the structure's existing mask when it is given as ``prev_mask``.
+#: Small on purpose: where windows overlap their logits are summed, and a click's own prediction
+#: must win over the old mask there, while the sign (inside / outside) of the old mask is kept
+#: wherever no click changes it.
+PREVIOUS_MASK_LOGIT = 0.01
+
+PointSpace = Literal["index", "ras"]
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click at continuous voxel index ``(i, j, k)`` of the input array; positive adds, negative removes."""
+
+    index: tuple[float, float, float]
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The result of a click, undo or redo on one structure.
+
+    ``mask`` is the whole structure afterwards (``bool [i, j, k]`` on the input grid);
+    ``changed`` the smallest box holding every voxel that differs from before, or None.
+    """
+
+    mask: np.ndarray
+    changed: Optional[tuple[slice, slice, slice]]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step's clicks and the change they made, stored so that undo and redo restore it exactly."""
+
+    clicks: tuple[Click, ...]
+    region: Optional[tuple[slice, slice, slice]]
+    before: Optional[np.ndarray]
+    after: Optional[np.ndarray]
+
+
+def changed_box(before: np.ndarray, after: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """Smallest box of voxels where two masks differ (None when they are equal)."""
+    difference = before != after
+    if not difference.any():
+        return None
+    box = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(difference.any(axis=others))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def window_start(point: float, size: int) -> int:
+    """Start of the 128-voxel window centred on a click, as the reference computes it.
+
+    ``point_based_window_inferer``: clamped to the volume, else ``int(point) - 64``.
+    """
+    half = WINDOW // 2
+    if point - half < 0:
+        return 0
+    if point + half > size:
+        return size - WINDOW
+    return int(point) - half
+
+
+class Session:
+    """One volume ready for clicks: preprocessed once, with a cache of encoder features per window."""
+
+    def __init__(self, engine: "Engine", image: Image, *, cache_budget_bytes: Optional[int] = None):
+        self.engine = engine
+        self.cache = FeatureCache(
+            default_budget(engine.device) if cache_budget_bytes is None else cache_budget_bytes, engine.device
+        )
+        self._prepare(image)
+
+    # -- the image ----------------------------------------------------------------------------
+
+    def _prepare(self, image: Image) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self.prepared = preprocess(image, self.engine.device)
+            volume = self.prepared.tensor.as_tensor()[None]  # [1, 1, X, Y, Z]
+            # The point inferer zero-pads axes shorter than a window, half before and half after.
+            self._pad_before = [max(WINDOW - n, 0) // 2 for n in volume.shape[2:]]
+            pads = [max(WINDOW - n, 0) for n in volume.shape[2:]]
+            torch_pad: list[int] = []
+            for before, total in reversed(list(zip(self._pad_before, pads))):
+                torch_pad += [before, total - before]
+            self._padded = torch.nn.functional.pad(volume, torch_pad, mode="constant", value=0.0)
+        self.image = image
+
+    def replace_image(self, image: Image) -> None:
+        """Use another image (or the same one edited): everything cached from the old one is dropped."""
+        self.cache.clear()
+        self._prepare(image)
+
+    # -- clicks in the user's coordinates -----------------------------------------------------------
+
+    def to_index(self, point: Sequence[float], space: PointSpace = "index") -> tuple[float, float, float]:
+        """A click as a continuous voxel index ``(i, j, k)``, refused when it lies outside the volume."""
+        values = np.asarray(point, dtype=np.float64).reshape(-1)
+        if values.shape != (3,) or not np.all(np.isfinite(values)):
+            raise VISTA3DError(f"A click needs three finite coordinates, got {list(point)!r}.")
+        if space == "ras":
+            index = self.image.ras_to_index(values)
+        elif space == "index":
+            index = values
+        else:
+            raise VISTA3DError(f'Unknown point space {space!r}: use "index" (voxel i,j,k) or "ras" (millimetres).')
+        shape = np.asarray(self.image.shape)
+        if np.any(index < -0.5) or np.any(index > shape - 0.5):
+            where = "RAS (%.1f, %.1f, %.1f) mm" % tuple(values) if space == "ras" else "voxel (%g, %g, %g)" % tuple(values)
+            raise VISTA3DError(
+                f"The click at {where} is outside the volume (voxel indices 0..{shape[0] - 1}, 0..{shape[1] - 1}, "
+                f"0..{shape[2] - 1}). Click inside the image."
+            )
+        network = self.prepared.to_network_points(index)[0]
+        if np.any(network < -0.5) or np.any(network >= np.asarray(self.prepared.spatial_shape) - 0.5):
+            raise VISTA3DError(
+                "The click is outside the body region VISTA3D analyses (voxels above 0 HU and a 10-voxel margin "
+                "around them). Click on the body."
+            )
+        return tuple(float(v) for v in index)  # type: ignore[return-value]
+
+    def structure(self, label: Optional[int] = None, mask: Optional[np.ndarray] = None) -> "Structure":
+        """A structure to edit with clicks.
+
+        ``label``: a VISTA3D class (1..132; groups are refused), a zero-shot ID (133..254),
+        or None for a structure defined by the clicks alone. ``mask``: what the structure
+        has now (``[i, j, k]`` on the input grid); None means the automatic result for a
+        class the model segments automatically, and nothing otherwise.
+        """
+        if label is not None:
+            label = label_table.validate_click_label(label)
+        if mask is None:
+            if label is not None and label in label_table.SUPPORTED:
+                mask = self.automatic_mask(label)
+            else:
+                mask = np.zeros(self.image.shape, dtype=bool)
+        mask = np.asarray(mask)
+        if mask.shape != self.image.shape:
+            raise VISTA3DError(f"The structure's mask has shape {mask.shape}, the image {self.image.shape}.")
+        return Structure(self, label, mask.astype(bool))
+
+    def automatic_mask(
+        self, label: int, *, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
+    ) -> np.ndarray:
+        """The automatic (class head, sliding window) result of one class, as a mask on the input grid."""
+        labels = self.engine.segment_prepared(self.prepared, [label], progress=progress, cancel=cancel)
+        return labels == label
+
+    # -- the network ----------------------------------------------------------------------------
+
+    def compute(
+        self,
+        label: Optional[int],
+        clicks: Sequence[Click],
+        previous: Optional[np.ndarray] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The reference's result of ``clicks`` for one structure, on the input grid.
+
+        Returns ``(computed, inside)``: ``computed`` marks the voxels inside the union of
+        the click windows (elsewhere the reference writes 255), ``inside`` the structure
+        there. ``previous`` is the structure's mask before its first click; it is used as
+        the network's previous mask when there is no class head and it is not empty.
+        """
+        import torch
+
+        if not clicks:
+            raise VISTA3DError("No clicks were given.")
+        zero_shot = label is not None and label in label_table.ZERO_SHOT_IDS
+        class_id = label if label is not None and not zero_shot else None
+        with torch.inference_mode():
+            points = self.prepared.to_network_points([c.index for c in clicks])
+            point_labels = [self._click_label(label, c) for c in clicks]
+            previous_logits = None
+            if class_id is None and previous is not None and previous.any():
+                previous_logits = self._previous_logits(previous)
+            logits = self._point_windows(points, point_labels, label, class_id, previous_logits, progress, cancel)
+            if label is None and previous_logits is None:
+                logits = self._keep_clicked_components(logits, points, point_labels)
+            values = torch.where(torch.isnan(logits), torch.nan, (logits > 0).float() + 1.0)
+            restored = self.prepared.restore(values)  # 0 outside the crop, NaN outside the windows
+        computed = np.isfinite(restored) & (restored > 0)
+        return computed, computed & (restored > 1.5)
+
+    @staticmethod
+    def _click_label(label: Optional[int], click: Click) -> int:
+        # Special classes (tumours, vessels...) take 3 / 2 for positive / negative. The list is the
+        # bundle's SPECIAL_BUNDLE, the one its VistaPreTransformd applies, because the bundle is the
+        # reference we reproduce (reference doc §2.2); labels.py explains the two lists.
+        special = label is not None and label in label_table.SPECIAL_BUNDLE
+        return (3 if click.positive else 2) if special else int(click.positive)
+
+    def _previous_logits(self, previous: np.ndarray) -> "torch.Tensor":
+        """The structure's mask as logits on the padded network grid (the ``prev_mask`` of the model)."""
+        import torch
+
+        on_grid = self.prepared.to_network_grid(previous.astype(np.float32), self.image.affine) > 0.5
+        logits = torch.where(on_grid, PREVIOUS_MASK_LOGIT, -PREVIOUS_MASK_LOGIT)
+        padded = torch.full(self._padded.shape[2:], -PREVIOUS_MASK_LOGIT, device=logits.device)
+        padded[self._unpadded_region()] = logits
+        return padded[None, None]
+
+    def _unpadded_region(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(b, b + n) for b, n in zip(self._pad_before, self.prepared.spatial_shape))  # type: ignore
+
+    def _point_windows(
+        self,
+        points: np.ndarray,
+        point_labels: Sequence[int],
+        label: Optional[int],
+        class_id: Optional[int],
+        previous_logits: Optional["torch.Tensor"],
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelToken],
+    ) -> "torch.Tensor":
+        """Stitched logits ``[X, Y, Z]`` of the click windows on the network grid, NaN outside them."""
+        import torch
+
+        device = self.engine.device
+        padded_points = torch.as_tensor(points + np.asarray(self._pad_before), dtype=torch.float64, device=device)
+        coords = padded_points[None]
+        labels = torch.as_tensor([point_labels], device=device)
+        size = self._padded.shape[2:]
+        # One window per click; a window shared by several clicks counts once per click, as in the
+        # reference's sum, so compute it once and weight it.
+        windows: dict[tuple[int, int, int], int] = {}
+        for point in padded_points.tolist():
+            start = tuple(window_start(p, s) for p, s in zip(point, size))
+            windows[start] = windows.get(start, 0) + 1
+        stitched = torch.zeros(size, dtype=torch.float32, device="cpu")
+        covered = torch.zeros(size, dtype=torch.bool, device="cpu")
+        for done, (start, count) in enumerate(windows.items()):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            report(progress, done, len(windows), f"Click window {done + 1}/{len(windows)}")
+            box = tuple(slice(s, s + WINDOW) for s in start)
+            previous = None if previous_logits is None else previous_logits[(slice(None), slice(None)) + box].clone()
+            output = self._window_logits(start, box, coords, labels, label, class_id, previous)
+            stitched[box] += count * output.float().cpu()
+            covered[box] = True
+        report(progress, len(windows), len(windows), "Clicks done")
+        stitched[~covered] = torch.nan
+        return stitched[self._unpadded_region()]
+
+    def _window_logits(
+        self,
+        start: tuple[int, int, int],
+        box: tuple[slice, slice, slice],
+        coords: "torch.Tensor",
+        labels: "torch.Tensor",
+        label: Optional[int],
+        class_id: Optional[int],
+        previous: Optional["torch.Tensor"],
+    ) -> "torch.Tensor":
+        """``VISTA3D.forward`` for one window and one object, with the encoder output cached."""
+        import torch
+
+        from .model import autocast
+
+        network = self.engine.network
+        patch = (slice(None), slice(None)) + box
+        window_coords, window_labels = network.update_point_to_patch(patch, coords, labels)
+        prompt_class = None if label is None else torch.as_tensor([[label]], device=coords.device)
+        with autocast(self.engine.device, self.engine.precision):
+            features, class_logits = self._features(start, class_id)
+            if window_coords is None:  # no click strictly inside this window (a click on its first voxel)
+                if class_logits is not None:
+                    return class_logits[0, 0]
+                return torch.full(box_shape(box), NO_PREDICTION)
+            point_logits = network.point_head(features, window_coords, window_labels, class_vector=prompt_class)
+            mapping_index = torch.ones(1, dtype=torch.bool, device=point_logits.device)
+            if class_logits is not None:
+                # connected_components_combine writes into its first argument: never the cached tensor.
+                logits = network.connected_components_combine(
+                    class_logits.clone(), point_logits, window_coords, window_labels, mapping_index
+                )
+            elif previous is not None:
+                logits = network.connected_components_combine(
+                    previous.to(point_logits.device), point_logits, window_coords, window_labels, mapping_index
+                )
+            else:
+                logits = point_logits
+        return logits[0, 0]
+
+    def _features(
+        self, start: tuple[int, int, int], class_id: Optional[int]
+    ) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
+        """The point branch's features of a window and, for a class, its class-head logits.
+
+        Both come from the cache when they are there; what is missing takes one encoder pass.
+        Class logits (``[1, 1, 128, 128, 128]``, 8 MB) are cached rather than the class
+        branch's 400 MB of features, since a structure keeps its class.
+        """
+        import torch
+
+        point_key = ("point-features", start)
+        class_key = None if class_id is None else ("class-logits", start, class_id)
+        features = self.cache.get(point_key)
+        class_logits = None if class_key is None else self.cache.get(class_key)
+        need_class = class_key is not None and class_logits is None
+        if features is None or need_class:
+            box = (slice(None), slice(None)) + tuple(slice(s, s + WINDOW) for s in start)
+            encoded, class_features = self.engine.network.image_encoder(
+                self._padded[box], with_point=features is None, with_label=need_class
+            )
+            if features is None:
+                features = encoded
+                self.cache.put(point_key, features)
+            if need_class:
+                class_vector = torch.as_tensor([[class_id]], device=class_features.device)
+                class_logits, _ = self.engine.network.class_head(class_features, class_vector)
+                self.cache.put(class_key, class_logits)
+        return features, class_logits
+
+    @staticmethod
+    def _keep_clicked_components(logits: "torch.Tensor", points: np.ndarray, point_labels: Sequence[int]) -> "torch.Tensor":
+        """The bundle's post-processing without a class: keep the components that hold a positive click."""
+        import torch
+        from monai.transforms.utils import keep_components_with_positive_points
+
+        return keep_components_with_positive_points(
+            logits[None, None].clone(),
+            point_coords=torch.as_tensor(points, dtype=torch.float64)[None],
+            point_labels=torch.as_tensor([point_labels]),
+        )[0, 0]
+
+
+def box_shape(box: Iterable[slice]) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
+
+
+class Structure:
+    """One structure being edited by clicks, with undo and redo.
+
+    Every click recomputes the structure from its mask before the first click and all its
+    clicks (as the stateless reference does), inside the click windows; outside them the
+    current mask stays.
+    """
+
+    def __init__(self, session: Session, label: Optional[int], mask: np.ndarray):
+        self.session = session
+        self.label = label
+        self.initial_mask = mask.copy()
+        self.mask = mask.copy()
+        self._done: list[_Step] = []
+        self._undone: list[_Step] = []
+
+    @property
+    def clicks(self) -> list[Click]:
+        return [click for step in self._done for click in step.clicks]
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    def click(
+        self,
+        point: Sequence[float],
+        positive: bool = True,
+        space: PointSpace = "index",
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Edit:
+        """Add a click (voxel index ``(i, j, k)`` or RAS mm) and return the structure's new mask.
+
+        A click that is refused (outside the volume) or cancelled changes nothing.
+        """
+        return self.add_clicks([(point, positive)], space, progress=progress, cancel=cancel)
+
+    def add_clicks(
+        self,
+        clicks: Sequence[tuple[Sequence[float], bool]],
+        space: PointSpace = "index",
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Edit:
+        """Add several ``(point, positive)`` clicks at once: one computation, one undo step."""
+        new_clicks = tuple(Click(self.session.to_index(point, space), bool(positive)) for point, positive in clicks)
+        if not new_clicks:
+            raise VISTA3DError("No clicks were given.")
+        computed, inside = self.session.compute(
+            self.label, self.clicks + list(new_clicks), self.initial_mask, progress=progress, cancel=cancel
+        )
+        after = np.where(computed, inside, self.mask)
+        region = changed_box(self.mask, after)
+        step = _Step(
+            new_clicks,
+            region,
+            None if region is None else self.mask[region].copy(),
+            None if region is None else after[region].copy(),
+        )
+        self._done.append(step)
+        self._undone.clear()
+        return self._apply(region, step.after)
+
+    def undo(self) -> Edit:
+        """Take the last step of clicks back: the mask returns exactly to what it was before it."""
+        if not self._done:
+            raise VISTA3DError("There is no click to undo.")
+        step = self._done.pop()
+        self._undone.append(step)
+        return self._apply(step.region, step.before)
+
+    def redo(self) -> Edit:
+        """Put the last undone click back."""
+        if not self._undone:
+            raise VISTA3DError("There is no click to redo.")
+        step = self._undone.pop()
+        self._done.append(step)
+        return self._apply(step.region, step.after)
+
+    def _apply(self, region: Optional[tuple[slice, slice, slice]], values: Optional[np.ndarray]) -> Edit:
+        if region is not None:
+            self.mask[region] = values
+        return Edit(self.mask.copy(), region)
