@@ -118,9 +118,13 @@ def test_weights_path_without_weights(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("labels", ["1,3,5,6", "everything"])
+@pytest.mark.parametrize("labels", ["everything"])
 def test_segment_with_real_vista3d132_matches_the_bundle(capsys, tmp_path, example_ct, real_checkpoint, labels):
-    """The issue's acceptance run: the full-size network on the whole example CT, CLI against the bundle."""
+    """The engine issue's acceptance run: the full-size network on the whole example CT, CLI against the bundle.
+
+    "everything" only, to keep CI short: a few classes take the same path (argmax over the class
+    channels) and are compared with the bundle on the small network in test_engine.py.
+    """
     from reference_pipeline import run_reference
 
     from VISTA3DSlicerLib.model import load_network

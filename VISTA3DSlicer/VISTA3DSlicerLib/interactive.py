@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -332,7 +332,7 @@ class Session:
             if window_coords is None:  # no click strictly inside this window (a click on its first voxel)
                 if class_logits is not None:
                     return class_logits[0, 0]
-                return torch.full(box_shape(box), NO_PREDICTION)
+                return torch.full((WINDOW,) * 3, NO_PREDICTION)
             point_logits = network.point_head(features, window_coords, window_labels, class_vector=prompt_class)
             mapping_index = torch.ones(1, dtype=torch.bool, device=point_logits.device)
             if class_logits is not None:
@@ -389,10 +389,6 @@ class Session:
             point_coords=torch.as_tensor(points, dtype=torch.float64)[None],
             point_labels=torch.as_tensor([point_labels]),
         )[0, 0]
-
-
-def box_shape(box: Iterable[slice]) -> tuple[int, ...]:
-    return tuple(s.stop - s.start for s in box)
 
 
 class Structure:
