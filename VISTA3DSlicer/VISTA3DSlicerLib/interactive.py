@@ -151,7 +151,12 @@ class Session:
         self.image = image
 
     def replace_image(self, image: Image) -> None:
-        """Use another image (or the same one edited): everything cached from the old one is dropped."""
+        """Use another image, or the same one after any edit of its voxels or geometry.
+
+        Everything cached from the old one is dropped. The session cannot see edits made to an
+        array in place, so whoever changes the image calls this (the Slicer module does it on the
+        volume node's Modified event).
+        """
         self.cache.clear()
         self._prepare(image)
 
@@ -183,7 +188,7 @@ class Session:
             )
         return tuple(float(v) for v in index)  # type: ignore[return-value]
 
-    def structure(self, label: Optional[int] = None, mask: Optional[np.ndarray] = None) -> "Structure":
+    def structure(self, label: int | str | None = None, mask: Optional[np.ndarray] = None) -> "Structure":
         """A structure to edit with clicks.
 
         ``label``: a VISTA3D class (1..132; groups are refused), a zero-shot ID (133..254),
