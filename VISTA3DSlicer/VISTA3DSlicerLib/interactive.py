@@ -154,8 +154,8 @@ class Session:
         """Use another image, or the same one after any edit of its voxels or geometry.
 
         Everything cached from the old one is dropped. The session cannot see edits made to an
-        array in place, so whoever changes the image calls this (the Slicer module does it on the
-        volume node's Modified event).
+        array in place, so whoever changes the image calls this (a viewer, when its volume is
+        modified).
         """
         self.cache.clear()
         self._prepare(image)
