@@ -259,3 +259,37 @@ def test_session_cache_stays_within_a_small_budget(example_ct, small_network):
     reference = probe.structure(None, mask=np.zeros(image.shape, bool))
     reference.click((60, 50, 15))
     assert np.array_equal(edit.mask, reference.click((20, 30, 12)).mask)
+
+
+class FakeGPUTensor:
+    """Just enough of a CUDA tensor for the cache's placement rule (this machine has no GPU)."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes_ = nbytes
+        self.device = torch.device("cuda", 0)
+
+    def element_size(self) -> int:
+        return 1
+
+    def nelement(self) -> int:
+        return self.nbytes_
+
+    def detach(self) -> "FakeGPUTensor":
+        return self
+
+    def to(self, device, non_blocking: bool = False):
+        moved = FakeGPUTensor(self.nbytes_)
+        moved.device = torch.device(device)
+        return moved
+
+
+@pytest.mark.parametrize("free_gib,expected", [(10, "cuda"), (2.5, "cpu")])
+def test_cache_keeps_entries_on_the_gpu_only_while_it_has_room(monkeypatch, free_gib, expected):
+    from VISTA3DSlicerLib import feature_cache
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
+    cache = FeatureCache(budget_bytes=4 * 2**30, device=torch.device("cuda", 0))
+    cache.put("window", FakeGPUTensor(2**30))  # 1 GiB: leaves 9 GiB, or only 1.5 GiB (< the 2 GiB reserve)
+    assert cache._entries["window"].device.type == expected
+    assert feature_cache.DEVICE_RESERVE_BYTES == 2 * 2**30
+    assert cache.get("window").device.type == "cuda"  # handed back on the compute device either way
