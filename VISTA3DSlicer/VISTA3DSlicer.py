@@ -49,6 +49,7 @@ PIP_REQUIREMENTS = {
     "requests": "requests>=2.28",
     "tqdm": "tqdm>=4.60",
     "PIL": "pillow>=10",
+    "segment_anything": "segment-anything>=1.0",
 }
 
 DOCUMENTATION_URL = "https://github.com/vista3dslicer/SlicerVISTA3D#readme"

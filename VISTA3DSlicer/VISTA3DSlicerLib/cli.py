@@ -93,11 +93,57 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--preview", action="store_true", help="also write <case>_preview.png per case")
     batch.set_defaults(run=_batch)
 
+    def sam_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"), help="SAM backbone")
+        command.add_argument("--sam-weights", help="SAM checkpoint (default: $VISTA3D_SAM_WEIGHTS, else the download)")
+        command.add_argument("--n-segments", type=int, default=400, help="about how many supervoxels (default 400)")
+
+    supervoxels = commands.add_parser("supervoxels", help="SAM-feature supervoxels of a CT (the paper's method)")
+    supervoxels.add_argument("image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM series folder")
+    supervoxels.add_argument("-o", "--output", required=True, help="supervoxel labels: .nii.gz, .nrrd or .mha")
+    supervoxels.add_argument(
+        "--roi", metavar="I0,J0,K0,I1,J1,K1",
+        help="only this box (voxel indices of the input array, ends exclusive); default: the whole volume "
+        "(10-20 s per slice per view on a CPU with vit_b: use a ROI there)",
+    )
+    sam_options(supervoxels)
+    supervoxels.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    supervoxels.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    supervoxels.add_argument("--overwrite", action="store_true", help="replace an output that exists")
+    supervoxels.set_defaults(run=_supervoxels)
+
+    zeroshot = commands.add_parser("zeroshot", help="segment a structure VISTA3D has no class for, with clicks")
+    zeroshot.add_argument("image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM series folder")
+    zeroshot.add_argument("-o", "--output", required=True, help="labelmap: .nii.gz, .nrrd, .seg.nrrd or .mha")
+    zeroshot.add_argument("--id", type=int, default=POINTS_ONLY_ID, help="label value of the structure (133..254)")
+    zeroshot.add_argument(
+        "--point", dest="clicks", action=_ClickAction, positive=True, metavar="I,J,K", help="a positive click"
+    )
+    zeroshot.add_argument(
+        "--negative-point", dest="clicks", action=_ClickAction, positive=False, metavar="I,J,K",
+        help="a negative click",
+    )
+    zeroshot.add_argument("--point-space", choices=("index", "ras"), default="index")
+    zeroshot.add_argument(
+        "--snap", type=float, metavar="FRACTION",
+        help="snap the mask to SAM supervoxels: keep those it covers for at least FRACTION (0..1]",
+    )
+    zeroshot.add_argument("--weights", help="VISTA3D checkpoint (default: $VISTA3D_WEIGHTS, else the download)")
+    zeroshot.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    zeroshot.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    zeroshot.add_argument("--overwrite", action="store_true", help="replace an output that exists")
+    sam_options(zeroshot)
+    zeroshot.set_defaults(run=_zeroshot, clicks=[])
+
     labels = commands.add_parser("labels", help="print the label table")
     labels.set_defaults(run=_labels)
 
     weights = commands.add_parser("weights", help="download, locate or verify the VISTA3D weights")
     weights.add_argument("action", choices=("download", "path", "verify"))
+    weights.add_argument(
+        "--model", default="vista3d", choices=("vista3d",) + tuple(f"sam_{k}" for k in ("vit_b", "vit_l", "vit_h")),
+        help="which checkpoint: VISTA3D (default) or a SAM model of the zero-shot tool",
+    )
     weights.add_argument("--source", default=None, help="huggingface (default) or nvidia")
     weights.add_argument("--weights", help="with verify: the file to check (default: the one that would be used)")
     weights.set_defaults(run=_weights)
@@ -189,6 +235,80 @@ def _click_job(args: argparse.Namespace):
         return image.with_array(np.where(edit.mask, value, 0).astype(np.uint8))
 
     return run
+
+
+def _sam(args: argparse.Namespace):
+    from .model import resolve_device
+    from .supervoxels import build_sam
+    from .weights import resolve_sam_weights
+
+    device = resolve_device(args.device)
+    sam = build_sam(args.sam_model, str(resolve_sam_weights(args.sam_weights, args.sam_model)), device)
+    print(f"SAM {args.sam_model} on {device} ({args.precision})", file=sys.stderr)
+    return sam, device
+
+
+def _supervoxels(args: argparse.Namespace) -> int:
+    from .io import read_image, write_supervoxels
+    from .supervoxels import compute_supervoxels, parse_roi
+
+    output = Path(args.output)
+    _refuse_existing(output, args.overwrite)
+    image = read_image(args.image)
+    roi = parse_roi(args.roi, image.shape) if args.roi else None
+    sam, device = _sam(args)
+    with _progress_bar(Path(args.image).name) as progress:
+        labels = compute_supervoxels(
+            sam, image, roi, n_segments=args.n_segments, device=device, precision=args.precision, progress=progress
+        )
+    write_supervoxels(labels, output, overwrite=args.overwrite)
+    print(f"Wrote {output} ({int(labels.array.max())} supervoxels)")
+    return 0
+
+
+#: Voxels of margin around a zero-shot mask and its clicks for the supervoxels that snap it.
+SNAP_MARGIN = 8
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .interactive import Session
+    from .io import read_image, write_labelmap
+    from .labels import ZERO_SHOT_IDS
+    from .supervoxels import box_around, compute_supervoxels, snap
+
+    output = Path(args.output)
+    _refuse_existing(output, args.overwrite)
+    if args.id not in ZERO_SHOT_IDS:
+        raise VISTA3DError(f"--id {args.id}: a zero-shot structure takes an ID from 133 to 254.")
+    if not args.clicks:
+        raise VISTA3DError("Give at least one click: --point i,j,k on the structure.")
+    if args.snap is not None and not 0 < args.snap <= 1:
+        raise VISTA3DError(f"--snap {args.snap}: give a fraction in (0, 1], e.g. 0.5.")
+    image = read_image(args.image)
+    sam, sam_device = _sam(args) if args.snap is not None else (None, None)  # a missing SAM file fails now
+    engine = _engine(args)
+    with _progress_bar(Path(args.image).name) as progress:
+        structure = Session(engine, image).structure(args.id, mask=np.zeros(image.shape, dtype=bool))
+        mask = structure.add_clicks(args.clicks, args.point_space, progress=progress).mask
+        if args.snap is not None:
+            clicks = structure.clicks
+            corners = [c.index for c in clicks]
+            if mask.any():
+                where = np.argwhere(mask)
+                corners += [tuple(where.min(axis=0)), tuple(where.max(axis=0))]
+            supervoxels = compute_supervoxels(
+                sam, image, box_around(corners, [SNAP_MARGIN] * 3, image.shape), n_segments=args.n_segments,
+                device=sam_device, precision=args.precision, progress=progress,
+            )
+            mask = snap(
+                mask, supervoxels.array, args.snap,
+                positive=[c.index for c in clicks if c.positive], negative=[c.index for c in clicks if not c.positive],
+            )
+    write_labelmap(image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite)
+    print(f"Wrote {output}")
+    return 0
 
 
 def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
@@ -355,12 +475,20 @@ def _labels(args: argparse.Namespace) -> int:
 def _weights(args: argparse.Namespace) -> int:
     from . import weights
 
-    source = _weights_source(args.source)
+    if args.model == "vista3d":
+        source = _weights_source(args.source)
+        resolve = weights.resolve_weights
+    else:
+        if args.source is not None:
+            raise VISTA3DError("--source chooses where the VISTA3D weights come from; SAM has one source.")
+        kind = args.model.removeprefix("sam_")
+        source = weights.SAM_SOURCES[kind]
+        resolve = lambda explicit: weights.resolve_sam_weights(explicit, kind)  # noqa: E731
     if args.action == "path":
-        print(weights.resolve_weights(None))
+        print(resolve(None))
         return 0
     if args.action == "verify":
-        path = Path(args.weights) if args.weights else weights.resolve_weights(None)
+        path = Path(args.weights) if args.weights else resolve(None)
         if weights.verify(path, source):
             print(f"{path}: checksum OK ({source.name})")
             return 0
@@ -386,7 +514,7 @@ def _download_with_bar(source):
 
     from .weights import download
 
-    with tqdm(desc="VISTA3D weights", unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+    with tqdm(desc=source.title, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
 
         def progress(done: int, total: int, message: str) -> None:
             bar.total = total or None

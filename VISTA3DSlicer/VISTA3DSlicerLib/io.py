@@ -231,14 +231,32 @@ def write_labelmap(labelmap: Image, path: str | os.PathLike, *, overwrite: bool 
             _write_segmentation(uint8_labelmap, temporary)
     else:
         def write(temporary: Path) -> None:
-            import SimpleITK as sitk
-
-            writer = sitk.ImageFileWriter()
-            writer.SetFileName(str(temporary))
-            writer.SetUseCompression(True)  # gzip for NRRD and MetaImage; .nii.gz is compressed by name
-            writer.Execute(image_to_sitk(uint8_labelmap))
+            _write_compressed(uint8_labelmap, temporary)
 
     return _write_atomically(path, extension, overwrite, write)
+
+
+def write_supervoxels(supervoxels: Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a supervoxel map (labels 0..N, N may pass 255) as NIfTI, NRRD or MHA, on its exact grid."""
+    path = Path(path)
+    extension = _labelmap_extension(path)
+    if extension == ".seg.nrrd":
+        raise VISTA3DError(f"Cannot write supervoxels to {path}: use .nii.gz, .nrrd or .mha (one label per supervoxel).")
+    array = np.asarray(supervoxels.array)
+    if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
+        raise VISTA3DError(f"Cannot write {path}: supervoxel labels must be whole numbers from 0.")
+    dtype = np.uint16 if not array.size or array.max() <= np.iinfo(np.uint16).max else np.uint32
+    labels = Image(array.astype(dtype, copy=False), supervoxels.affine)
+    return _write_atomically(path, extension, overwrite, lambda temporary: _write_compressed(labels, temporary))
+
+
+def _write_compressed(image: Image, path: Path) -> None:
+    import SimpleITK as sitk
+
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(path))
+    writer.SetUseCompression(True)  # gzip for NRRD and MetaImage; .nii.gz is compressed by name
+    writer.Execute(image_to_sitk(image))
 
 
 def _labelmap_extension(path: Path) -> str:

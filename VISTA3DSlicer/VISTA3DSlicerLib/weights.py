@@ -1,4 +1,4 @@
-"""Find, download and verify the VISTA3D checkpoint.
+"""Find, download and verify the VISTA3D checkpoint and the SAM checkpoints of the zero-shot tool.
 
 Where the weights come from, in order (``resolve_weights``):
 
@@ -12,6 +12,9 @@ file, and the hash is recomputed only when the file no longer matches its stamp.
 
 The weights are published by NVIDIA under NVIDIA's own licence, not under this project's
 Apache-2.0 licence; see ``WeightsSource.licence_note``.
+
+SAM's checkpoints (``SAM_SOURCES``, for the supervoxels) follow the same rules with
+``--sam-weights FILE`` and ``VISTA3D_SAM_WEIGHTS``, from SAM's official URLs and their md5s.
 
 This module does not import torch: loading the checkpoint into a network is ``model.py``'s job.
 """
@@ -32,7 +35,8 @@ from .errors import VISTA3DError
 from .progress import CancelToken, ProgressCallback, report
 
 __all__ = [
-    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "cache_dir", "cached_path", "resolve_weights",
+    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "resolve_weights",
+    "resolve_sam_weights",
     "download", "verify", "file_digest", "WeightsNotFoundError", "DownloadError", "ChecksumError",
 ]
 
@@ -55,6 +59,8 @@ class WeightsSource:
     md5: Optional[str] = None
     size: Optional[int] = None  #: bytes, where the publisher gives it
     licence_note: str = ""
+    title: str = "VISTA3D weights"  #: what the file is, in messages
+    offline_option: str = "`--weights FILE` or set VISTA3D_WEIGHTS=FILE"  #: how to use a copy made elsewhere
 
     @property
     def checksum(self) -> Optional[tuple[str, str]]:
@@ -94,6 +100,26 @@ SOURCES: dict[str, WeightsSource] = {
 }
 DEFAULT_SOURCE = "huggingface"
 
+_SAM_LICENCE = "SAM's weights are Meta's, published under the Apache-2.0 licence."
+#: SAM's official checkpoints (segment-anything README); the md5s are the publisher's, and the
+#: file names carry their first six digits.
+SAM_SOURCES: dict[str, WeightsSource] = {
+    kind: WeightsSource(
+        name=f"sam_{kind}",
+        url=f"https://dl.fbaipublicfiles.com/segment_anything/{filename}",
+        filename=filename,
+        md5=md5,
+        licence_note=_SAM_LICENCE,
+        title=f"SAM {kind} weights",
+        offline_option="`--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE",
+    )
+    for kind, filename, md5 in (
+        ("vit_b", "sam_vit_b_01ec64.pth", "01ec64d29a2fca3f0661936605ae66f8"),
+        ("vit_l", "sam_vit_l_0b3195.pth", "0b3195507c641ddb6910d2bb5adee89c"),
+        ("vit_h", "sam_vit_h_4b8939.pth", "4b8939a88964f0f4ff5f5b2642c598a6"),
+    )
+}
+
 #: Connection attempts in a row that may fail without any new bytes before ``download`` gives
 #: up. An attempt that brings new bytes resets the count: a long download on a flaky line goes on.
 _ATTEMPTS = 4
@@ -130,13 +156,38 @@ def cached_path(source: Optional[WeightsSource] = None) -> Path:
 
 
 def resolve_weights(explicit: Union[str, os.PathLike, None] = None) -> Path:
-    """The checkpoint to load: ``explicit``, else ``$VISTA3D_WEIGHTS``, else a verified cached file.
+    """The VISTA3D checkpoint to load: ``explicit``, else ``$VISTA3D_WEIGHTS``, else a verified cached file.
 
     Raises ``VISTA3DError`` if a named file does not exist, ``WeightsNotFoundError`` if nothing
     was named and the cache holds no good copy of any known source.
     """
-    for path, origin in ((explicit, "The weights file"), (os.environ.get("VISTA3D_WEIGHTS"),
-                                                          "The file named by VISTA3D_WEIGHTS,")):
+    return _resolve(
+        explicit, "VISTA3D_WEIGHTS", list(SOURCES.values()), "VISTA3D weights",
+        "Run `vista3d weights download` to fetch them into {cache} (or use the Download button in Slicer), "
+        "or, for offline use, pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already have.",
+    )
+
+
+def resolve_sam_weights(explicit: Union[str, os.PathLike, None] = None, kind: str = "vit_b") -> Path:
+    """The SAM checkpoint of ``kind``: ``explicit``, else ``$VISTA3D_SAM_WEIGHTS``, else a verified cached file."""
+    if kind not in SAM_SOURCES:
+        raise VISTA3DError(f"Unknown SAM model {kind!r}: use one of {', '.join(SAM_SOURCES)}.")
+    return _resolve(
+        explicit, "VISTA3D_SAM_WEIGHTS", [SAM_SOURCES[kind]], f"SAM {kind} weights",
+        f"Run `vista3d weights download --model sam_{kind}` to fetch them into {{cache}}, or, for offline use, "
+        "pass `--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE to a checkpoint you already have.",
+    )
+
+
+def _resolve(
+    explicit: Union[str, os.PathLike, None],
+    environment: str,
+    sources: list[WeightsSource],
+    what: str,
+    advice: str,
+) -> Path:
+    for path, origin in ((explicit, "The weights file"), (os.environ.get(environment),
+                                                          f"The file named by {environment},")):
         if path:
             path = Path(path).expanduser()
             if not path.is_file():
@@ -144,18 +195,14 @@ def resolve_weights(explicit: Union[str, os.PathLike, None] = None) -> Path:
             return path
 
     rejected = []
-    for source in SOURCES.values():
+    for source in sources:
         path = cached_path(source)
         if path.is_file():
             if _is_verified(path, source):
                 return path
             rejected.append(path)
     bad = "".join(f" The cached file {p} failed its checksum (damaged or incomplete)." for p in rejected)
-    raise WeightsNotFoundError(
-        f"No VISTA3D weights found.{bad} Run `vista3d weights download` to fetch them into "
-        f"{cache_dir()} (or use the Download button in Slicer), or, for offline use, pass "
-        "`--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already have."
-    )
+    raise WeightsNotFoundError(f"No {what} found.{bad} " + advice.format(cache=cache_dir()))
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -240,8 +287,7 @@ def download(
             part.unlink(missing_ok=True)  # a resume would only append to the wrong bytes
             raise ChecksumError(
                 f"The file downloaded from {source.url} {problem}; it was deleted. Try the "
-                "download again; if it keeps failing, download the file elsewhere and pass "
-                "`--weights FILE` or set VISTA3D_WEIGHTS=FILE."
+                f"download again; if it keeps failing, download the file elsewhere and pass {source.offline_option}."
             )
         os.replace(part, final)  # atomic: readers see no file or the whole, verified file
         _fsync_dir(folder)
@@ -281,7 +327,7 @@ def _make_writable_folder(folder: Path) -> None:
     if not writable:
         raise VISTA3DError(
             f"Cannot write the weights to {folder} ({reason}). Set VISTA3D_HOME to a writable "
-            "folder, or download the file yourself and pass `--weights FILE`."
+            "folder, or download the file yourself and pass it with --weights (or --sam-weights) FILE."
         )
 
 
@@ -422,9 +468,9 @@ def _fetch_once(
 
 def _download_error(source: WeightsSource, error: Exception) -> DownloadError:
     return DownloadError(
-        f"Could not download the VISTA3D weights from {source.host} ({_describe(error)}). "
+        f"Could not download the {source.title} from {source.host} ({_describe(error)}). "
         f"If this computer is offline or cannot reach {source.host}, download {source.url} on "
-        "another computer, copy it to this one and pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE."
+        f"another computer, copy it to this one and pass {source.offline_option}."
     )
 
 

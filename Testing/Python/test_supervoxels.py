@@ -1,0 +1,241 @@
+"""Supervoxels from SAM features (reference doc §7) and snapping a zero-shot mask to them.
+
+SAM's real weights cannot be downloaded here and ViT-B takes 10-20 s per slice on this CPU, so
+the tests use a small SAM of the same design with random, seeded weights: the recipe (padding,
+resizing, normalisation, the three views) is what is checked, not SAM's quality.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from VISTA3DSlicerLib import supervoxels as sv
+from VISTA3DSlicerLib.errors import VISTA3DError
+from VISTA3DSlicerLib.geometry import Image
+
+
+@pytest.fixture(scope="module")
+def small_sam():
+    """SAM's architecture, shrunk: a one-block ViT of 16 channels, a 64-channel neck (8 feature channels)."""
+    sv.sam_model_registry()  # makes segment_anything.modeling importable without torchvision
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    neck = 64
+    encoder = ImageEncoderViT(
+        img_size=1024, patch_size=16, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2, out_chans=neck,
+        qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=14,
+        global_attn_indexes=(),
+    )
+    decoder = MaskDecoder(
+        transformer_dim=neck, transformer=TwoWayTransformer(depth=1, embedding_dim=neck, mlp_dim=32, num_heads=2),
+        num_multimask_outputs=3, iou_head_depth=1, iou_head_hidden_dim=16,
+    )
+    prompt = PromptEncoder(embed_dim=neck, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4)
+    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
+
+
+def recipe_features(sam, hu: np.ndarray) -> torch.Tensor:
+    """The reference recipe written out one slice at a time, with MONAI's Resize as the reference uses it."""
+    from monai.transforms import Resize
+
+    pixels = np.clip((hu + 1000.0) / 2000.0, 0, 1) * 255.0
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    total = None
+    for axis in (2, 1, 0):
+        view = None
+        for index in range(hu.shape[axis]):
+            image = torch.as_tensor(np.take(pixels, index, axis=axis), dtype=torch.float32)  # [h, w]
+            h, w = image.shape
+            side = max(h, w)
+            padded = torch.zeros(side, side)
+            padded[:h, :w] = image
+            big = Resize((1024, 1024), mode="bilinear")(padded[None])  # [1, 1024, 1024]
+            normalised = (big.expand(3, -1, -1) - mean) / std
+            with torch.no_grad():
+                features = sam.mask_decoder.output_upscaling(sam.image_encoder(normalised[None]))[0]
+            back = Resize((side, side), mode="bilinear")(features)[:, :h, :w]  # [C, h, w]
+            if view is None:
+                view = torch.zeros((back.shape[0],) + hu.shape)
+            where = [slice(None)] * 4
+            where[1 + axis] = index
+            view[tuple(where)] = back
+        total = view if total is None else total + view
+    return total
+
+
+def test_features_follow_the_reference_recipe(small_sam):
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1100, 1200, size=(9, 7, 5)).astype(np.float32)  # three different sides: no square
+    batched = sv.volume_features(small_sam, hu, batch=4)
+    expected = recipe_features(small_sam, hu)
+    assert batched.shape == expected.shape == (8, 9, 7, 5)
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_air_mask_is_the_outside_air_only():
+    hu = np.full((30, 30, 10), -1000.0)
+    hu[5:25, 5:25, :] = 40.0  # a body
+    hu[12:16, 12:16, :] = -900.0  # air inside it (a lung, a bowel loop): not the outside air
+    air = sv.air_mask(hu)
+    assert air[0, 0, 0] and air[29, 29, 9]
+    assert not air[14, 14, 5] and not air[10, 10, 5]
+
+
+def piecewise_volume() -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of constant HU inside a body surrounded by air; returns (hu, region labels, 0 = air)."""
+    regions = np.zeros((40, 36, 24), dtype=np.int32)
+    regions[4:36, 4:32, 2:22] = 1
+    regions[4:20, 4:18, 2:22] = 2
+    regions[20:36, 18:32, 2:12] = 3
+    regions[10:28, 10:26, 12:22] = 4
+    values = {0: -1000.0, 1: 40.0, 2: 300.0, 3: -120.0, 4: 700.0}
+    return np.vectorize(values.get)(regions).astype(np.float32), regions
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        different = np.diff(labels, axis=axis) != 0
+        before = [slice(None)] * 3
+        before[axis] = slice(0, -1)
+        after = [slice(None)] * 3
+        after[axis] = slice(1, None)
+        edge[tuple(before)] |= different
+        edge[tuple(after)] |= different
+    return edge
+
+
+def test_supervoxel_boundaries_follow_region_boundaries(small_sam):
+    from scipy.ndimage import binary_dilation
+
+    hu, regions = piecewise_volume()
+    labels = sv.compute_supervoxels(small_sam, Image(hu, np.eye(4)), n_segments=60).array
+    truth = boundaries(regions) & (regions > 0)
+    found = binary_dilation(boundaries(labels), iterations=1)  # within one voxel, the usual tolerance
+    recall = float(found[truth].mean())
+    print(f"boundary recall {recall:.3f}, {labels.max()} supervoxels")
+    assert recall >= 0.9
+    assert np.all(labels[regions == 0] == 0) and np.all(labels[regions > 0] > 0)
+
+
+def assert_connected_labels(labels: np.ndarray) -> None:
+    from skimage.measure import label
+
+    present = np.unique(labels[labels > 0])
+    assert np.array_equal(present, np.arange(1, len(present) + 1))
+    assert label(labels, background=0, connectivity=1).max() == len(present)  # one piece per label
+
+
+def test_supervoxels_of_the_real_ct_cover_the_body(small_sam, example_ct):
+    from VISTA3DSlicerLib.io import read_image
+
+    image = read_image(example_ct)
+    labels = sv.compute_supervoxels(small_sam, image).array
+    air = sv.air_mask(image.array)
+    assert air.any() and (~air).any()
+    assert np.all(labels[~air] > 0), "a body voxel without a supervoxel"
+    assert np.all(labels[air] == 0), "a supervoxel in the air"
+    assert labels.max() >= 100  # about the default 400 requested, after SLIC's merging
+    assert_connected_labels(labels)
+
+
+def test_roi_supervoxels_stay_inside_the_roi(small_sam, example_ct):
+    from VISTA3DSlicerLib.io import read_image
+
+    image = read_image(example_ct)
+    roi = sv.parse_roi("30,20,5,70,60,20", image.shape)
+    labels = sv.compute_supervoxels(small_sam, image, roi, n_segments=50).array
+    outside = np.ones(image.shape, dtype=bool)
+    outside[roi] = False
+    assert np.all(labels[outside] == 0) and labels[roi].max() > 10
+    assert_connected_labels(labels)
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "0,0,0,200,10,10", "5,5,5,5,10,10", "a,b,c,d,e,f"])
+def test_bad_roi_is_refused(text):
+    with pytest.raises(VISTA3DError, match="ROI"):
+        sv.parse_roi(text, (100, 100, 30))
+
+
+def test_supervoxel_cache_computes_once_per_roi(small_sam, monkeypatch):
+    calls = []
+    real = sv.compute_supervoxels
+    monkeypatch.setattr(sv, "compute_supervoxels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hu, _ = piecewise_volume()
+    image = Image(hu[:16, :16, :8], np.eye(4))
+    cache = sv.SupervoxelCache(small_sam)
+    first = cache.get(image, n_segments=10)
+    assert cache.get(image, n_segments=10) is first and len(calls) == 1
+    cache.get(image, sv.roi_box((0, 0, 0), (8, 8, 8), image.shape), n_segments=10)
+    assert len(calls) == 2
+    cache.clear()
+    cache.get(image, n_segments=10)
+    assert len(calls) == 3
+
+
+# ------------------------------------------------------------------------------------------ snapping
+
+
+def snap_fixture():
+    supervoxels = np.zeros((12, 12, 4), dtype=np.int32)
+    supervoxels[0:6, 0:6] = 1
+    supervoxels[6:12, 0:6] = 2
+    supervoxels[0:6, 6:12] = 3
+    supervoxels[6:12, 6:12] = 4
+    mask = np.zeros(supervoxels.shape, dtype=bool)
+    mask[0:6, 0:6] = True  # all of supervoxel 1
+    mask[6:9, 0:6] = True  # half of supervoxel 2
+    mask[0:1, 6:12, 0:1] = True  # a sliver of supervoxel 3
+    return supervoxels, mask
+
+
+def test_snap_keeps_supervoxels_covered_above_the_fraction():
+    supervoxels, mask = snap_fixture()
+    snapped = sv.snap(mask, supervoxels, 0.5)
+    assert np.array_equal(snapped, np.isin(supervoxels, [1, 2]))
+    assert np.array_equal(sv.snap(mask, supervoxels, 0.9), supervoxels == 1)
+
+
+def test_positive_click_adds_exactly_the_missed_supervoxel():
+    supervoxels, mask = snap_fixture()
+    snapped = sv.snap(mask, supervoxels, 0.5, positive=[(9.2, 8.7, 2.0)])  # in supervoxel 4, which the mask missed
+    assert np.array_equal(snapped, np.isin(supervoxels, [1, 2, 4]))
+
+
+def test_negative_click_removes_exactly_its_supervoxel():
+    supervoxels, mask = snap_fixture()
+    snapped = sv.snap(mask, supervoxels, 0.5, negative=[(7, 2, 1)])  # in supervoxel 2
+    assert np.array_equal(snapped, supervoxels == 1)
+
+
+def test_snap_leaves_voxels_without_supervoxel_alone():
+    supervoxels, mask = snap_fixture()
+    supervoxels[:, :, 3] = 0  # outside the ROI
+    mask[11, 11, 3] = True
+    snapped = sv.snap(mask, supervoxels, 0.5)
+    assert snapped[11, 11, 3] and np.array_equal(snapped[:, :, 3], mask[:, :, 3])
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
+def test_snap_fraction_out_of_range_is_refused(fraction):
+    supervoxels, mask = snap_fixture()
+    with pytest.raises(VISTA3DError, match="fraction"):
+        sv.snap(mask, supervoxels, fraction)
+
+
+# ------------------------------------------------------------------------------------------- SAM
+
+
+def test_sam_loads_without_torchvision_and_rejects_a_foreign_checkpoint(tmp_path, small_sam):
+    path = tmp_path / "not_vit_b.pth"
+    torch.save(small_sam.state_dict(), path)
+    with pytest.raises(VISTA3DError, match="not a SAM vit_b checkpoint"):
+        sv.build_sam("vit_b", str(path))
+    with pytest.raises(VISTA3DError, match="Unknown SAM model"):
+        sv.build_sam("vit_x")
