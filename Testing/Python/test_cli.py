@@ -211,3 +211,87 @@ def test_malformed_point_is_a_usage_error(capsys, tmp_path, example_ct_crop):
         main(["segment", str(example_ct_crop), "-o", str(tmp_path / "o.nii.gz"), "--point", "1,2"])
     assert exit_info.value.code == 2
     assert "three comma-separated numbers" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- supervoxels, zeroshot
+
+
+@pytest.fixture
+def with_small_sam(monkeypatch, small_sam):
+    """The CLI's SAM loader hands out the small test SAM (the real checkpoints cannot be had here)."""
+    import torch
+
+    from VISTA3DSlicerLib import cli
+
+    monkeypatch.setattr(cli, "_sam", lambda args: (small_sam, torch.device("cpu")))
+
+
+def test_supervoxels_command_writes_roi_labels_on_the_input_grid(capsys, tmp_path, example_ct_crop, with_small_sam):
+    output = tmp_path / "sv.nrrd"
+    code, out, err = run(
+        capsys, "supervoxels", example_ct_crop, "-o", output, "--roi", "10,10,5,50,40,20", "--n-segments", "30",
+    )
+    assert code == 0, err
+    assert "supervoxels" in out
+    written, source = sitk.ReadImage(str(output)), sitk.ReadImage(str(example_ct_crop))
+    assert written.GetSize() == source.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    labels = sitk.GetArrayFromImage(written).transpose(2, 1, 0)  # back to [i, j, k]
+    inside = np.zeros(labels.shape, dtype=bool)
+    inside[10:50, 10:40, 5:20] = True
+    assert labels[inside].max() > 5 and np.all(labels[~inside] == 0)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["--roi", "0,0,0,500,10,10"], "outside the volume"), (["--roi", "1,2,3"], "six integers")],
+)
+def test_supervoxels_bad_roi_is_refused(capsys, tmp_path, example_ct_crop, with_small_sam, argv, message):
+    output = tmp_path / "sv.nii.gz"
+    code, _, err = run(capsys, "supervoxels", example_ct_crop, "-o", output, *argv)
+    assert code == 1 and message in err and "Traceback" not in err and not output.exists()
+
+
+def test_zeroshot_command_with_and_without_snapping(
+    capsys, tmp_path, example_ct_crop, small_checkpoint, small_sam, with_small_sam
+):
+    from VISTA3DSlicerLib.io import read_image
+    from VISTA3DSlicerLib.supervoxels import compute_supervoxels, snap, snap_roi
+
+    common = ["--point", "35,30,15", "--negative-point", "12,25,14", "--weights", small_checkpoint, "--device", "cpu"]
+    raw, snapped = tmp_path / "raw.nii.gz", tmp_path / "snapped.nii.gz"
+    assert run(capsys, "zeroshot", example_ct_crop, "-o", raw, "--id", "150", *common)[0] == 0
+    code, _, err = run(capsys, "zeroshot", example_ct_crop, "-o", snapped, "--snap", "0.5", "--n-segments", "40", *common)
+    assert code == 0, err
+    raw_mask = np.asanyarray(nib.load(raw).dataobj) == 150
+    snapped_labels = np.asanyarray(nib.load(snapped).dataobj)
+    assert raw_mask.any() and set(np.unique(snapped_labels)) == {0, 133}
+    # The same snapping done by hand with the library: the supervoxels of the box around the mask
+    # and the clicks, those covered by half, plus the one under the positive click, minus the
+    # one under the negative click.
+    image = read_image(example_ct_crop)
+    supervoxels = compute_supervoxels(small_sam, image, snap_roi(raw_mask, [(35, 30, 15), (12, 25, 14)]), n_segments=40)
+    expected = snap(raw_mask, supervoxels.array, 0.5, positive=[(35, 30, 15)], negative=[(12, 25, 14)])
+    assert np.array_equal(snapped_labels == 133, expected)
+    assert not np.array_equal(expected, raw_mask)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--id", "5", "--point", "35,30,15"], "133 to 254"),
+        ([], "at least one click"),
+        (["--point", "35,30,15", "--snap", "2"], "fraction"),
+    ],
+    ids=["class-id", "no-clicks", "snap-range"],
+)
+def test_zeroshot_bad_options_are_refused(capsys, tmp_path, example_ct_crop, small_checkpoint, argv, message):
+    output = tmp_path / "z.nii.gz"
+    code, _, err = run(capsys, "zeroshot", example_ct_crop, "-o", output, "--weights", small_checkpoint, *argv)
+    assert code == 1 and message in err and "Traceback" not in err and not output.exists()
+
+
+def test_sam_weights_path_says_how_to_get_them(capsys, monkeypatch):
+    monkeypatch.delenv("VISTA3D_SAM_WEIGHTS", raising=False)
+    code, _, err = run(capsys, "weights", "path", "--model", "sam_vit_b")
+    assert code == 1 and "vista3d weights download --model sam_vit_b" in err

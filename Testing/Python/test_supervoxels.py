@@ -7,8 +7,6 @@ resizing, normalisation, the three views) is what is checked, not SAM's quality.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -16,27 +14,6 @@ import torch
 from VISTA3DSlicerLib import supervoxels as sv
 from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
-
-
-@pytest.fixture(scope="module")
-def small_sam():
-    """SAM's architecture, shrunk: a one-block ViT of 16 channels, a 64-channel neck (8 feature channels)."""
-    sv.sam_model_registry()  # makes segment_anything.modeling importable without torchvision
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(0)
-    neck = 64
-    encoder = ImageEncoderViT(
-        img_size=1024, patch_size=16, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2, out_chans=neck,
-        qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=14,
-        global_attn_indexes=(),
-    )
-    decoder = MaskDecoder(
-        transformer_dim=neck, transformer=TwoWayTransformer(depth=1, embedding_dim=neck, mlp_dim=32, num_heads=2),
-        num_multimask_outputs=3, iou_head_depth=1, iou_head_hidden_dim=16,
-    )
-    prompt = PromptEncoder(embed_dim=neck, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4)
-    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
 
 
 def recipe_features(sam, hu: np.ndarray) -> torch.Tensor:

@@ -481,3 +481,48 @@ def test_cancel_while_waiting_for_another_download(server, home):
             weights.download(make_source(server), cancel=token,
                              progress=lambda done, total, message: token.cancel())
     assert server.log == []
+
+
+# --- SAM's checkpoints (the zero-shot tool) ---------------------------------------------------------
+
+
+def test_sam_sources_are_the_official_files():
+    for kind, prefix in (("vit_b", "01ec64"), ("vit_l", "0b3195"), ("vit_h", "4b8939")):
+        source = weights.SAM_SOURCES[kind]
+        assert source.url == f"https://dl.fbaipublicfiles.com/segment_anything/sam_{kind}_{prefix}.pth"
+        algorithm, digest = source.checksum
+        assert algorithm == "md5" and digest.startswith(prefix) and len(digest) == 32
+        assert "--sam-weights" in source.offline_option and "Apache-2.0" in source.licence_note
+
+
+def test_sam_download_resolve_and_offline_rules(server, monkeypatch, tmp_path):
+    """SAM's file goes through the same downloader: checksum, cache, then the same precedence."""
+    monkeypatch.delenv("VISTA3D_SAM_WEIGHTS", raising=False)
+    source = make_source(
+        server, name="sam_vit_b", filename="sam_vit_b_test.pth", sha256=None, size=None,
+        md5=hashlib.md5(server.payload).hexdigest(), title="SAM vit_b weights",
+        offline_option="`--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE",
+    )
+    monkeypatch.setitem(weights.SAM_SOURCES, "vit_b", source)
+    with pytest.raises(WeightsNotFoundError) as error:
+        weights.resolve_sam_weights(None, "vit_b")
+    for hint in ("--model sam_vit_b", "--sam-weights FILE", "VISTA3D_SAM_WEIGHTS"):
+        assert hint in str(error.value)
+    path = weights.download(source)
+    assert weights.resolve_sam_weights(None, "vit_b") == path
+    mine = tmp_path / "my_sam.pth"
+    mine.write_bytes(b"the user's file")
+    monkeypatch.setenv("VISTA3D_SAM_WEIGHTS", str(mine))
+    assert weights.resolve_sam_weights(None, "vit_b") == mine
+    with pytest.raises(VISTA3DError, match="Unknown SAM model"):
+        weights.resolve_sam_weights(None, "vit_x")
+
+
+def test_sam_download_failure_names_the_sam_options(home, monkeypatch):
+    source = WeightsSource(
+        name="sam_vit_b", url=closed_port_url(), filename="sam.pth", md5="0" * 32, title="SAM vit_b weights",
+        offline_option="`--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE",
+    )
+    with pytest.raises(DownloadError) as error:
+        weights.download(source)
+    assert "SAM vit_b weights" in str(error.value) and "--sam-weights FILE" in str(error.value)

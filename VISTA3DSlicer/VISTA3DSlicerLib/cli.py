@@ -266,17 +266,13 @@ def _supervoxels(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Voxels of margin around a zero-shot mask and its clicks for the supervoxels that snap it.
-SNAP_MARGIN = 8
-
-
 def _zeroshot(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .interactive import Session
     from .io import read_image, write_labelmap
     from .labels import ZERO_SHOT_IDS
-    from .supervoxels import box_around, compute_supervoxels, snap
+    from .supervoxels import compute_supervoxels, snap, snap_roi
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
@@ -294,12 +290,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
         mask = structure.add_clicks(args.clicks, args.point_space, progress=progress).mask
         if args.snap is not None:
             clicks = structure.clicks
-            corners = [c.index for c in clicks]
-            if mask.any():
-                where = np.argwhere(mask)
-                corners += [tuple(where.min(axis=0)), tuple(where.max(axis=0))]
             supervoxels = compute_supervoxels(
-                sam, image, box_around(corners, [SNAP_MARGIN] * 3, image.shape), n_segments=args.n_segments,
+                sam, image, snap_roi(mask, [c.index for c in clicks]), n_segments=args.n_segments,
                 device=sam_device, precision=args.precision, progress=progress,
             )
             mask = snap(

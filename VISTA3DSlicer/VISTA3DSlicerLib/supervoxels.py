@@ -258,6 +258,21 @@ def box_around(points: Sequence[Sequence[float]], margin: Sequence[int], shape: 
     return roi_box(np.maximum(low, 0), np.minimum(high, shape), shape)
 
 
+#: Voxels of margin around a zero-shot mask and its clicks for the supervoxels that snap it.
+SNAP_MARGIN = 8
+
+
+def snap_roi(mask: np.ndarray, clicks: Sequence[Sequence[float]], margin: int = SNAP_MARGIN) -> Box:
+    """The box that snapping needs supervoxels for: the mask and the clicks, with a margin."""
+    corners = [tuple(c) for c in clicks]
+    if mask.any():
+        where = np.argwhere(mask)
+        corners += [tuple(where.min(axis=0)), tuple(where.max(axis=0))]
+    if not corners:
+        raise VISTA3DError("Nothing to snap: the mask is empty and there are no clicks.")
+    return box_around(corners, [margin] * 3, mask.shape)
+
+
 def compute_supervoxels(
     sam,
     image: Image,
