@@ -216,3 +216,15 @@ def test_sam_loads_without_torchvision_and_rejects_a_foreign_checkpoint(tmp_path
         sv.build_sam("vit_b", str(path))
     with pytest.raises(VISTA3DError, match="Unknown SAM model"):
         sv.build_sam("vit_x")
+
+
+def test_bench_records_supervoxel_time(tmp_path, monkeypatch, small_sam):
+    """`vista3d bench --supervoxels N` writes its row (here with the small SAM, on a 12³ phantom)."""
+    from VISTA3DSlicerLib import bench
+
+    monkeypatch.setattr(sv, "build_sam", lambda kind, weights, device: small_sam)
+    output = tmp_path / "BENCHMARKS.md"
+    result = bench.run_supervoxel_benchmark(12, "vit_b", None, "cpu", "fp32", output)
+    text = output.read_text()
+    assert "supervoxels, fp32" in text and "12³ phantom (36 slices" in text
+    assert 0 < result["features_seconds"] <= result["total_seconds"] and result["supervoxels"] > 0
