@@ -224,6 +224,34 @@ def test_segmentation_has_names_colours_and_terminology(tmp_path):
     np.testing.assert_allclose(segmentation["ijkToLPS"], np.diag([-1, -1, 1, 1]) @ OBLIQUE_AFFINE, atol=EXACT_ATOL)
 
 
+def test_segment_names_given_by_the_user_replace_the_table_names(tmp_path):
+    import slicerio
+
+    from VISTA3DSlicerLib.labels import label_info
+
+    array = np.zeros((4, 4, 4), np.uint8)
+    array[0, 0, 0], array[1, 1, 1] = 1, 140
+    path = io.write_labelmap(Image(array, np.eye(4)), tmp_path / "z.seg.nrrd", names={140: "left adrenal nodule"})
+    segments = {s["labelValue"]: s for s in slicerio.read_segmentation(str(path))["segments"]}
+    assert segments[140]["name"] == "left adrenal nodule"
+    assert segments[1]["name"] == label_info(1).display_name
+    np.testing.assert_allclose(segments[140]["color"], np.array(label_info(140).color) / 255, atol=1e-6)
+
+
+def test_supervoxels_beyond_255_are_written_exactly(tmp_path):
+    import SimpleITK as sitk
+
+    array = np.arange(4 * 5 * 30, dtype=np.int32).reshape(4, 5, 30)  # 0..599
+    path = io.write_supervoxels(Image(array, OBLIQUE_AFFINE), tmp_path / "sv.nii.gz")
+    written = sitk.ReadImage(str(path))
+    assert written.GetPixelID() == sitk.sitkUInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), array)
+    with pytest.raises(VISTA3DError, match="already exists"):
+        io.write_supervoxels(Image(array, OBLIQUE_AFFINE), path)
+    with pytest.raises(VISTA3DError, match=".seg.nrrd"):
+        io.write_supervoxels(Image(array, OBLIQUE_AFFINE), tmp_path / "sv.seg.nrrd")
+
+
 def test_empty_segmentation_has_no_segments(tmp_path):
     import slicerio
 

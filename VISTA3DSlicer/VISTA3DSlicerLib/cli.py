@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     zeroshot.add_argument("image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM series folder")
     zeroshot.add_argument("-o", "--output", required=True, help="labelmap: .nii.gz, .nrrd, .seg.nrrd or .mha")
     zeroshot.add_argument("--id", type=int, default=POINTS_ONLY_ID, help="label value of the structure (133..254)")
+    zeroshot.add_argument("--name", help="the structure's name in a .seg.nrrd output (default: zero-shot structure ID)")
     zeroshot.add_argument(
         "--point", dest="clicks", action=_ClickAction, positive=True, metavar="I,J,K", help="a positive click"
     )
@@ -304,7 +305,10 @@ def _zeroshot(args: argparse.Namespace) -> int:
                 mask, supervoxels.array, args.snap,
                 positive=[c.index for c in clicks if c.positive], negative=[c.index for c in clicks if not c.positive],
             )
-    write_labelmap(image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite)
+    write_labelmap(
+        image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite,
+        names={args.id: args.name} if args.name else None,
+    )
     print(f"Wrote {output}")
     return 0
 
