@@ -164,25 +164,22 @@ def volume_features(
     volume = torch.as_tensor(to_sam_pixels(hu), device=device)
     total = sum(volume.shape)
     done = 0
-    summed: Optional[torch.Tensor] = None
+    summed: Optional[torch.Tensor] = None  # [C, X, Y, Z] on the CPU, each view added in place
     with torch.inference_mode():
         for axis in (2, 1, 0):
             # Slices along ``axis``, each slice's two other axes in increasing order.
-            others = [a for a in range(3) if a != axis]
-            stack = volume.permute(axis, *others)
-            view = []
+            stack = volume.movedim(axis, 0)
             for start in range(0, stack.shape[0], batch):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 with autocast(device, precision):
-                    view.append(slice_features(sam, stack[start : start + batch]).float().cpu())
-                done += min(batch, stack.shape[0] - start)
+                    features = slice_features(sam, stack[start : start + batch]).float().cpu()  # [b, C, h, w]
+                if summed is None:
+                    summed = torch.zeros((features.shape[1],) + tuple(volume.shape))
+                # ``movedim`` gives a view of ``summed`` ordered as the slices are: [C, axis, h, w].
+                summed.movedim(1 + axis, 1)[:, start : start + len(features)] += features.transpose(0, 1)
+                done += len(features)
                 report(progress, done, total, f"SAM features, slice {done}/{total}")
-            features = torch.cat(view)  # [n_axis, 32, others...]
-            # Back to [32, X, Y, Z]: dimension 0 is ``axis``, dimensions 2 and 3 are ``others``.
-            order = [1] + [0 if a == axis else 2 + others.index(a) for a in range(3)]
-            features = features.permute(*order)
-            summed = features if summed is None else summed + features
     assert summed is not None
     return summed
 
