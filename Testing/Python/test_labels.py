@@ -315,3 +315,20 @@ def test_expand_examples():
 @given(st.lists(st.sampled_from(sorted(labels.SUPPORTED)), min_size=1, max_size=12))
 def test_expand_subclasses_matches_monai_random(prompt):
     assert labels.expand_subclasses(prompt) == monai_expansion(prompt)
+
+
+def test_next_zero_shot_id_gives_each_structure_its_own():
+    from VISTA3DSlicerLib.labels import next_zero_shot_id
+
+    assert next_zero_shot_id([]) == 133
+    assert next_zero_shot_id([1, 133, 134, 136]) == 135
+    with pytest.raises(VISTA3DError, match="zero-shot IDs"):
+        next_zero_shot_id(range(133, 255))
+
+
+def test_clicks_refuse_groups_and_take_one_structure():
+    from VISTA3DSlicerLib.labels import validate_click_label
+
+    assert validate_click_label("liver") == 1 and validate_click_label(140) == 140
+    with pytest.raises(VISTA3DError, match="group"):
+        validate_click_label("kidney")

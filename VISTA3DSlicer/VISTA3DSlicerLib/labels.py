@@ -22,7 +22,7 @@ import difflib
 import functools
 import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -375,6 +375,18 @@ def validate_automatic_prompt(ids: Sequence[int]) -> None:
             raise VISTA3DError(
                 f"{value} is not a VISTA3D label ID: automatic segmentation takes IDs 1..{LAST_TRAINED_ID}."
             )
+
+
+def next_zero_shot_id(used: Iterable[int]) -> int:
+    """The first zero-shot ID (133..254) not in ``used``: each zero-shot structure gets its own."""
+    taken = set(int(u) for u in used)
+    for label_id in ZERO_SHOT_IDS:
+        if label_id not in taken:
+            return label_id
+    raise VISTA3DError(
+        f"All {len(ZERO_SHOT_IDS)} zero-shot IDs ({ZERO_SHOT_IDS.start}..{ZERO_SHOT_IDS.stop - 1}) are in use; "
+        "merge or remove some zero-shot structures first."
+    )
 
 
 def validate_click_label(label: str | int) -> int:
