@@ -295,7 +295,7 @@ def test_existing_preview_is_kept_unless_overwrite(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    def crash(labelmap, path):
+    def crash(labelmap, path, names):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt  # as if the user pressed Ctrl+C in the middle
 
@@ -309,7 +309,7 @@ def test_failed_overwrite_keeps_old_file(tmp_path, monkeypatch):
     path = io.write_labelmap(small_labelmap(), tmp_path / "l.seg.nrrd")
     before = path.read_bytes()
 
-    def crash(labelmap, temporary):
+    def crash(labelmap, temporary, names):
         Path(temporary).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
