@@ -226,5 +226,6 @@ def test_bench_records_supervoxel_time(tmp_path, monkeypatch, small_sam):
     output = tmp_path / "BENCHMARKS.md"
     result = bench.run_supervoxel_benchmark(12, "vit_b", None, "cpu", "fp32", output)
     text = output.read_text()
+    assert text.startswith("# Benchmarks")  # a new file gets its header
     assert "supervoxels, fp32" in text and "12³ phantom (36 slices" in text
     assert 0 < result["features_seconds"] <= result["total_seconds"] and result["supervoxels"] > 0

@@ -80,7 +80,12 @@ def run_benchmark(
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "command": _command(),
     }
-    _append_markdown(output, result)
+    _append_section(output, precision, result, [
+        (f"one 128³ window, {result['classes']} classes (mean of timed runs after a warm-up)",
+         f"{result['window_seconds']:.2f} s"),
+        (f"end to end, {result['input']}, {windows} windows", f"{end_to_end:.1f} s"),
+        ("peak host memory (max RSS)", f"{result['peak_host_memory_gib']:.2f} GiB"),
+    ])
     print(
         f"{result['machine']}\n128³ window ({result['classes']} classes, {precision}): "
         f"{result['window_seconds']:.2f} s\nend to end on {result['input']}, {windows} windows: "
@@ -170,7 +175,15 @@ def run_click_benchmark(
         "command": _command(),
     }
     result["speedup"] = result["first_click"] / result["later_same_window"]
-    _append_click_markdown(output, result)
+    _append_section(output, f"clicks, {precision}", result, [
+        ("first click (encoder + heads, cold cache)", f"{result['first_click']:.2f} s"),
+        ("2nd and 3rd clicks in the same window (mean; heads only)", f"{result['later_same_window']:.2f} s"),
+        ("speed-up of later clicks in a seen window", f"{result['speedup']:.1f}x"),
+        ("4th click, in a new window (one encoder pass; the first window from the cache)",
+         f"{result['new_window']:.2f} s"),
+        ("the same four clicks without the cache", ", ".join(f"{t:.2f}" for t in without_cache) + " s"),
+        ("final mask identical with and without the cache", "yes" if result["identical"] else "NO"),
+    ], context=f"Input: {result['input']}; class {label_id} + clicks on an empty structure")
     print(
         f"{result['machine']}\nfirst click {result['first_click']:.2f} s, later clicks in that window "
         f"{result['later_same_window']:.2f} s ({result['speedup']:.1f}x), a click in a new window "
@@ -228,18 +241,12 @@ def run_supervoxel_benchmark(
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "command": _command(),
     }
-    header = "" if output.exists() else HEADER
-    section = (
-        f"\n## {result['date']}: supervoxels, {precision} on {result['machine']}\n\n"
-        f"Command: `{result['command']}`  \nWeights: {result['weights']}\n\n"
-        "| measure | value |\n|---|---|\n"
-        f"| SAM features of a {result['roi']} | {result['features_seconds']:.1f} s "
-        f"({result['features_seconds'] / (3 * roi_size):.2f} s a slice) |\n"
-        f"| features + SLIC + air removal, end to end | {total:.1f} s ({result['supervoxels']} supervoxels) |\n"
-        f"| peak host memory (max RSS) | {result['peak_host_memory_gib']:.2f} GiB |\n"
-    )
-    with open(output, "a") as handle:
-        handle.write(header + section)
+    _append_section(output, f"supervoxels, {precision}", result, [
+        (f"SAM features of a {result['roi']}",
+         f"{result['features_seconds']:.1f} s ({result['features_seconds'] / (3 * roi_size):.2f} s a slice)"),
+        ("features + SLIC + air removal, end to end", f"{total:.1f} s ({result['supervoxels']} supervoxels)"),
+        ("peak host memory (max RSS)", f"{result['peak_host_memory_gib']:.2f} GiB"),
+    ])
     print(f"{result['machine']}\nsupervoxels of a {result['roi']}: {total:.1f} s\nappended to {output}")
     return result
 
@@ -279,36 +286,16 @@ HEADER = (
 )
 
 
-def _append_click_markdown(path: Path, result: dict) -> None:
-    header = "" if path.exists() else HEADER
-    uncached = ", ".join(f"{t:.2f}" for t in result["without_cache"])
-    section = (
-        f"\n## {result['date']}: clicks, {result['precision']} on {result['machine']}\n\n"
-        f"Command: `{result['command']}`  \nWeights: {result['weights']}  \n"
-        f"Input: {result['input']}; class {result['label']} + clicks on an empty structure\n\n"
-        "| measure | value |\n|---|---|\n"
-        f"| first click (encoder + heads, cold cache) | {result['first_click']:.2f} s |\n"
-        f"| 2nd and 3rd clicks in the same window (mean; heads only) | {result['later_same_window']:.2f} s |\n"
-        f"| speed-up of later clicks in a seen window | {result['speedup']:.1f}x |\n"
-        f"| 4th click, in a new window (one encoder pass; the first window from the cache) "
-        f"| {result['new_window']:.2f} s |\n"
-        f"| the same four clicks without the cache | {uncached} s |\n"
-        f"| final mask identical with and without the cache | {'yes' if result['identical'] else 'NO'} |\n"
-    )
+def _append_section(
+    path: Path, title: str, result: dict, rows: list[tuple[str, str]], context: Optional[str] = None
+) -> None:
+    """Append one run to ``path`` (created with its header): a title, the command, the weights,
+    optional context, then a table of ``(measure, value)`` rows."""
+    lines = [f"\n## {result['date']}: {title} on {result['machine']}\n", f"Command: `{result['command']}`  "]
+    lines.append(f"Weights: {result['weights']}" + ("  " if context else ""))
+    if context:
+        lines.append(context)
+    lines += ["", "| measure | value |", "|---|---|"] + [f"| {measure} | {value} |" for measure, value in rows]
+    header = "" if path.exists() else HEADER  # before open() creates the file
     with open(path, "a") as handle:
-        handle.write(header + section)
-
-
-def _append_markdown(path: Path, result: dict) -> None:
-    header = "" if path.exists() else HEADER
-    section = (
-        f"\n## {result['date']}: {result['precision']} on {result['machine']}\n\n"
-        f"Command: `{result['command']}`  \nWeights: {result['weights']}\n\n"
-        "| measure | value |\n|---|---|\n"
-        f"| one 128³ window, {result['classes']} classes (mean of timed runs after a warm-up) "
-        f"| {result['window_seconds']:.2f} s |\n"
-        f"| end to end, {result['input']}, {result['windows']} windows | {result['end_to_end_seconds']:.1f} s |\n"
-        f"| peak host memory (max RSS) | {result['peak_host_memory_gib']:.2f} GiB |\n"
-    )
-    with open(path, "a") as handle:
-        handle.write(header + section)
+        handle.write(header + "\n".join(lines) + "\n")
