@@ -134,6 +134,29 @@ def test_undo_redo_restore_exact_masks(crop_session):
     assert len(structure.clicks) == 3
 
 
+def test_moving_or_removing_a_click_equals_placing_the_final_clicks(crop_session):
+    """A Markups point moved or deleted in Slicer: the mask is the one its final points give."""
+    from VISTA3DSlicerLib.interactive import Click
+
+    start = np.zeros(crop_session.image.shape, dtype=bool)
+    start[5:15, 5:15, 5:10] = True
+    first, second, moved = Click((35, 30, 15)), Click((40, 35, 15), False), Click((50, 30, 18))
+
+    edited = crop_session.structure(None, mask=start)
+    edited.set_clicks([first, second])
+    moved_edit = edited.set_clicks([first, moved])  # the negative point dragged elsewhere, now positive
+    direct = crop_session.structure(None, mask=start).set_clicks([first, moved])
+    assert np.array_equal(moved_edit.mask, direct.mask)
+    assert edited.clicks == [first, moved]
+
+    removed_edit = edited.set_clicks([moved])  # the first point deleted
+    assert np.array_equal(removed_edit.mask, crop_session.structure(None, mask=start).set_clicks([moved]).mask)
+
+    cleared = edited.set_clicks([])
+    assert np.array_equal(cleared.mask, start) and edited.clicks == []
+    assert np.array_equal(edited.undo().mask, removed_edit.mask) and edited.clicks == [moved]
+
+
 def test_edit_reports_the_changed_box(crop_session):
     structure = crop_session.structure(None, mask=np.zeros(crop_session.image.shape, bool))
     before = structure.mask.copy()

@@ -89,7 +89,8 @@ class Edit:
 
 @dataclass(frozen=True)
 class _Step:
-    """One step's clicks and the change they made, stored so that undo and redo restore it exactly."""
+    """One step: the structure's clicks after it and the change it made, stored so that undo and
+    redo restore it exactly."""
 
     clicks: tuple[Click, ...]
     region: Optional[tuple[slice, slice, slice]]
@@ -168,7 +169,9 @@ class Session:
         if values.shape != (3,) or not np.all(np.isfinite(values)):
             raise VISTA3DError(f"A click needs three finite coordinates, got {list(point)!r}.")
         if space == "ras":
-            index = self.image.ras_to_index(values)
+            # Rounded to a millionth of a voxel: the inverse affine gives 34.9999999 for voxel 35,
+            # and the window rule truncates (int(point) - 64), which would move the window by one.
+            index = np.round(self.image.ras_to_index(values), 6)
         elif space == "index":
             index = values
         else:
@@ -399,9 +402,10 @@ class Session:
 class Structure:
     """One structure being edited by clicks, with undo and redo.
 
-    Every click recomputes the structure from its mask before the first click and all its
-    clicks (as the stateless reference does), inside the click windows; outside them the
-    current mask stays.
+    Every change of its clicks recomputes the structure from its mask before the first click
+    and all its clicks (as the stateless reference does), inside the click windows; outside
+    them the structure has its mask from before the first click. So adding, moving or removing
+    a click gives the same mask as placing the final clicks in one go.
     """
 
     def __init__(self, session: Session, label: Optional[int], mask: np.ndarray):
@@ -414,7 +418,7 @@ class Structure:
 
     @property
     def clicks(self) -> list[Click]:
-        return [click for step in self._done for click in step.clicks]
+        return list(self._done[-1].clicks) if self._done else []
 
     @property
     def can_undo(self) -> bool:
@@ -448,16 +452,34 @@ class Structure:
         cancel: Optional[CancelToken] = None,
     ) -> Edit:
         """Add several ``(point, positive)`` clicks at once: one computation, one undo step."""
-        new_clicks = tuple(Click(self.session.to_index(point, space), bool(positive)) for point, positive in clicks)
-        if not new_clicks:
+        if not clicks:
             raise VISTA3DError("No clicks were given.")
-        computed, inside = self.session.compute(
-            self.label, self.clicks + list(new_clicks), self.initial_mask, progress=progress, cancel=cancel
-        )
-        after = np.where(computed, inside, self.mask)
+        new_clicks = [Click(self.session.to_index(point, space), bool(positive)) for point, positive in clicks]
+        return self.set_clicks(self.clicks + new_clicks, progress=progress, cancel=cancel)
+
+    def set_clicks(
+        self,
+        clicks: Sequence[Click],
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Edit:
+        """Make ``clicks`` the structure's clicks (points added, moved or removed): one undo step.
+
+        Clicks are voxel indices of the input grid (``Session.to_index`` makes them from RAS and
+        refuses those outside the volume). No clicks gives the mask from before the first click.
+        """
+        clicks = tuple(Click(self.session.to_index(click.index), click.positive) for click in clicks)
+        if clicks:
+            computed, inside = self.session.compute(
+                self.label, list(clicks), self.initial_mask, progress=progress, cancel=cancel
+            )
+            after = np.where(computed, inside, self.initial_mask)
+        else:
+            after = self.initial_mask
         region = changed_box(self.mask, after)
         step = _Step(
-            new_clicks,
+            clicks,
             region,
             None if region is None else self.mask[region].copy(),
             None if region is None else after[region].copy(),
