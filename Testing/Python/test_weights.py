@@ -223,6 +223,22 @@ def test_verified_file_is_returned_without_network(server):
     assert len(server.log) == 1
 
 
+def test_delete_cached_removes_the_file_its_stamp_and_part_only(server, home, tmp_path, monkeypatch):
+    source = make_source(server)
+    path = weights.download(source)
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(b"left over")
+    elsewhere = tmp_path / "my_weights.pt"  # a file the user named: never the cache's to delete
+    elsewhere.write_bytes(server.payload)
+    monkeypatch.setenv("VISTA3D_WEIGHTS", str(elsewhere))
+
+    deleted = weights.delete_cached(source)
+
+    assert sorted(deleted) == sorted([path, weights._stamp_path(path), part])
+    assert not any(p.exists() for p in deleted) and elsewhere.is_file()
+    assert weights.delete_cached(source) == []  # nothing left: no error
+
+
 def test_resume_after_cut_connection(server, home):
     server.cut_after = 1_000_000
     part = home / "model.pt.part"

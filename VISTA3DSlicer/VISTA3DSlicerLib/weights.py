@@ -37,7 +37,7 @@ from .progress import CancelToken, ProgressCallback, report
 __all__ = [
     "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "resolve_weights",
     "resolve_sam_weights",
-    "download", "verify", "file_digest", "WeightsNotFoundError", "DownloadError", "ChecksumError",
+    "download", "verify", "file_digest", "delete_cached", "WeightsNotFoundError", "DownloadError", "ChecksumError",
 ]
 
 _LICENCE = (
@@ -203,6 +203,23 @@ def _resolve(
             rejected.append(path)
     bad = "".join(f" The cached file {p} failed its checksum (damaged or incomplete)." for p in rejected)
     raise WeightsNotFoundError(f"No {what} found.{bad} " + advice.format(cache=cache_dir()))
+
+
+def delete_cached(source: Optional[WeightsSource] = None) -> list[Path]:
+    """Delete ``source``'s downloaded file from the cache, with its checksum stamp and any
+    unfinished ``.part``; returns what was deleted. Files the user named elsewhere (``--weights``,
+    ``$VISTA3D_WEIGHTS``) are never touched: they are not in the cache."""
+    final = cached_path(source)
+    deleted = []
+    for path in (final, _stamp_path(final), final.with_name(final.name + ".part")):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise VISTA3DError(f"Could not delete {path}: {error.strerror or error}. Close what uses it and retry.") from None
+        deleted.append(path)
+    return deleted
 
 
 def file_digest(path: Path, algorithm: str) -> str:
