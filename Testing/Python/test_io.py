@@ -224,18 +224,29 @@ def test_segmentation_has_names_colours_and_terminology(tmp_path):
     np.testing.assert_allclose(segmentation["ijkToLPS"], np.diag([-1, -1, 1, 1]) @ OBLIQUE_AFFINE, atol=EXACT_ATOL)
 
 
-def test_segment_names_given_by_the_user_replace_the_table_names(tmp_path):
-    import slicerio
+def test_segment_descriptions_given_replace_the_table_entries(tmp_path):
+    import dataclasses
 
-    from VISTA3DSlicerLib.labels import label_info
+    import slicerio
+    from slicerio.segmentation import terminology_entry_from_string
+
+    from VISTA3DSlicerLib.labels import Code, label_info
 
     array = np.zeros((4, 4, 4), np.uint8)
     array[0, 0, 0], array[1, 1, 1] = 1, 140
-    path = io.write_labelmap(Image(array, np.eye(4)), tmp_path / "z.seg.nrrd", names={140: "left adrenal nodule"})
+    nodule = dataclasses.replace(
+        label_info(140), display_name="left adrenal nodule", color=(10, 20, 30),
+        type=Code("SCT", "27925004", "Nodule"), region=Code("SCT", "23451007", "Adrenal gland"),
+    )
+    path = io.write_labelmap(Image(array, np.eye(4)), tmp_path / "z.seg.nrrd", segments={140: nodule})
     segments = {s["labelValue"]: s for s in slicerio.read_segmentation(str(path))["segments"]}
     assert segments[140]["name"] == "left adrenal nodule"
+    np.testing.assert_allclose(segments[140]["color"], np.array([10, 20, 30]) / 255, atol=1e-6)
+    assert segments[140]["terminology"] == terminology_entry_from_string(nodule.terminology_entry())
+    assert segments[140]["terminology"]["anatomicRegion"] == ["SCT", "23451007", "Adrenal gland"]
+    # Labels not described keep the table's entry.
     assert segments[1]["name"] == label_info(1).display_name
-    np.testing.assert_allclose(segments[140]["color"], np.array(label_info(140).color) / 255, atol=1e-6)
+    assert segments[1]["terminology"] == terminology_entry_from_string(label_info(1).terminology_entry())
 
 
 def test_supervoxels_beyond_255_are_written_exactly(tmp_path):
