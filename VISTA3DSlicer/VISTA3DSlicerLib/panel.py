@@ -1,0 +1,279 @@
+"""What the Slicer panel does, without Qt or MRML: the part pytest drives.
+
+- ``ct_warning``: the "this is not a CT" warning under the input selector.
+- ``ClickEditor``: the + / − points of the interactive and zero-shot tools turned into edits
+  of one segment, with undo, redo and clear, optional snapping to supervoxels, and the region
+  to rewrite.
+- ``WEIGHTS_MODELS`` and ``weights_status``: the Model section's weights row.
+
+The Slicer module reads nodes into ``Image``s and masks (``slicer_adapter``), runs these on its
+worker thread, and writes what they return back into MRML on the main thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from . import labels as label_table
+from .errors import VISTA3DError
+from .geometry import Image
+from .interactive import Click, Edit, Structure, changed_box
+from .progress import CancelToken, ProgressCallback
+
+if TYPE_CHECKING:
+    from .interactive import Session
+    from .weights import WeightsSource
+
+__all__ = [
+    "ct_warning", "PointPrompt", "ClickEditor", "WeightsModel", "WEIGHTS_MODELS", "WeightsStatus", "weights_status",
+]
+
+# ----------------------------------------------------------------------------------- the input
+
+#: HU below which a voxel is air; a CT of a body has some around it (or in the lungs and bowel).
+_AIR_HU = -900.0
+#: Values a CT in Hounsfield units stays within (padding values of -3024 and metal up to ~30000
+#: occur, so the bounds are wide: they catch 0..65535 raw scanner values and 0..1 normalised images).
+_HU_RANGE = (-3100.0, 32000.0)
+
+
+def ct_warning(image: Image) -> Optional[str]:
+    """Why ``image`` does not look like a CT in Hounsfield units, or None when it does.
+
+    VISTA3D is a CT model: on MR, PET or a CT stored without its rescale it gives confident
+    nonsense, so the panel warns (and still lets the user run: the check is a heuristic).
+    """
+    values = np.asarray(image.array)
+    finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+    if finite.size == 0:
+        return "The volume has no finite voxel values; VISTA3D needs a CT in Hounsfield units."
+    low, high = float(finite.min()), float(finite.max())
+    if low < _HU_RANGE[0] or high > _HU_RANGE[1]:
+        return (f"Voxel values run from {low:g} to {high:g}, outside the Hounsfield range: this looks like a CT "
+                "without its rescale slope/intercept, or not a CT. VISTA3D is a CT model; results may be wrong.")
+    if float(np.percentile(finite, 1)) > _AIR_HU:
+        return ("This does not look like a CT: there is no air (about -1000 HU) in it. VISTA3D is a CT model; on MR, "
+                "PET or normalised images its results are unreliable.")
+    return None
+
+
+# ---------------------------------------------------------------------------------- the clicks
+
+
+@dataclass(frozen=True)
+class PointPrompt:
+    """A + or − point as the viewer holds it: RAS millimetres."""
+
+    ras: tuple[float, float, float]
+    positive: bool = True
+
+
+class ClickEditor:
+    """The points placed on one volume's segments, turned into edits of those segments.
+
+    A segment is edited through a ``Structure`` made on its first click from what the segment
+    holds then (an automatic result, something drawn, or nothing). The segment's VISTA3D label
+    (from its tag) decides the prompt: a class uses the class head with the clicks, a zero-shot
+    ID the zero-shot embedding, no label the clicks alone. If the segment was changed by other
+    means since this editor last wrote it (painted, say), its history no longer describes it:
+    the editor starts again from what the segment holds, and the points apply to that.
+
+    ``set_points`` takes all the points of the segment as the viewer has them (added, moved or
+    removed since the last call), so a viewer needs no bookkeeping of what changed.
+
+    Where supervoxels are set (``set_supervoxels``) and ``snap_fraction`` > 0, a zero-shot
+    segment's mask is snapped to them after each edit (``supervoxels.snap``).
+
+    Not thread-safe: the panel calls it from its one worker thread only.
+    """
+
+    def __init__(self, session: "Session"):
+        self.session = session
+        self.snap_fraction = 0.0
+        self._supervoxels: Optional[np.ndarray] = None
+        self._structures: dict[str, Structure] = {}
+        self._shown: dict[str, np.ndarray] = {}  # the mask last written into each segment
+
+    # -- points ---------------------------------------------------------------------------------
+
+    def points(self, segment_id: str) -> list[PointPrompt]:
+        """The segment's points after the last edit, undo or redo, for the viewer to show."""
+        structure = self._structures.get(segment_id)
+        if structure is None:
+            return []
+        image = self.session.image
+        return [PointPrompt(tuple(float(v) for v in image.index_to_ras(np.asarray(click.index))), click.positive)
+                for click in structure.clicks]
+
+    def set_points(
+        self,
+        segment_id: str,
+        label: Optional[int],
+        points: Sequence[PointPrompt],
+        current_mask: Optional[np.ndarray],
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Edit:
+        """Make ``points`` the segment's points and return its new mask and the changed box.
+
+        ``current_mask``: what the segment holds now (bool ``[i, j, k]`` on the volume's grid), or
+        None when it is unchanged since this editor last wrote it (saves the viewer a read).
+        A point outside the volume (or the body) raises ``VISTA3DError`` and changes nothing.
+        """
+        structure = self._structure(segment_id, label, current_mask)
+        clicks = [Click(self.session.to_index(point.ras, "ras"), point.positive) for point in points]
+        structure.set_clicks(clicks, progress=progress, cancel=cancel)
+        return self._show(segment_id)
+
+    def undo(self, segment_id: str) -> Edit:
+        return self._history_step(segment_id, Structure.undo)
+
+    def redo(self, segment_id: str) -> Edit:
+        return self._history_step(segment_id, Structure.redo)
+
+    def can_undo(self, segment_id: str) -> bool:
+        return segment_id in self._structures and self._structures[segment_id].can_undo
+
+    def can_redo(self, segment_id: str) -> bool:
+        return segment_id in self._structures and self._structures[segment_id].can_redo
+
+    def forget(self, segment_id: str) -> None:
+        """Drop a segment's points and history (the segment was deleted, or its points cleared for good)."""
+        self._structures.pop(segment_id, None)
+        self._shown.pop(segment_id, None)
+
+    # -- supervoxels ----------------------------------------------------------------------------
+
+    def set_supervoxels(self, supervoxels: Optional[Image]) -> None:
+        """Supervoxels of the session's volume (0 where none), used to snap zero-shot segments."""
+        if supervoxels is not None and supervoxels.shape != self.session.image.shape:
+            raise VISTA3DError(
+                f"The supervoxels ({supervoxels.shape}) are not on the volume's grid ({self.session.image.shape}): "
+                "compute them again for this volume."
+            )
+        self._supervoxels = None if supervoxels is None else np.asarray(supervoxels.array)
+
+    @property
+    def has_supervoxels(self) -> bool:
+        return self._supervoxels is not None
+
+    def snap_box(self, segment_id: str, margin: int) -> tuple[slice, slice, slice]:
+        """The region to compute supervoxels in for this segment: its mask and points, with a margin."""
+        from .supervoxels import snap_roi
+
+        structure = self._structures.get(segment_id)
+        if structure is None or not (structure.clicks or structure.mask.any()):
+            raise VISTA3DError("Place a point on the structure first: supervoxels are computed around the points.")
+        return snap_roi(structure.mask, [click.index for click in structure.clicks], margin)
+
+    def reshow(self, segment_id: str) -> Edit:
+        """The segment's mask again after the snap fraction or the supervoxels changed."""
+        if segment_id not in self._structures:
+            raise VISTA3DError("This segment has no points yet: place a point on it first.")
+        return self._show(segment_id)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _structure(self, segment_id: str, label: Optional[int], current_mask: Optional[np.ndarray]) -> Structure:
+        structure = self._structures.get(segment_id)
+        shown = self._shown.get(segment_id)
+        edited_elsewhere = current_mask is not None and (shown is None or not np.array_equal(current_mask, shown))
+        if structure is None or structure.label != label or edited_elsewhere:
+            if current_mask is None:
+                current_mask = np.zeros(self.session.image.shape, dtype=bool)
+            structure = self.session.structure(label, mask=np.asarray(current_mask, dtype=bool))
+            self._structures[segment_id] = structure
+            self._shown[segment_id] = structure.mask.copy()
+        return structure
+
+    def _history_step(self, segment_id: str, step) -> Edit:
+        structure = self._structures.get(segment_id)
+        if structure is None:
+            raise VISTA3DError("This segment has no points to undo or redo.")
+        step(structure)
+        return self._show(segment_id)
+
+    def _show(self, segment_id: str) -> Edit:
+        """The mask the segment should show (snapped where that applies) and the box that changes."""
+        structure = self._structures[segment_id]
+        mask = structure.mask
+        if self._snaps(structure):
+            from .supervoxels import snap
+
+            clicks = structure.clicks
+            mask = snap(mask, self._supervoxels, self.snap_fraction,
+                        positive=[c.index for c in clicks if c.positive],
+                        negative=[c.index for c in clicks if not c.positive])
+        before = self._shown[segment_id]
+        region = changed_box(before, mask)
+        self._shown[segment_id] = mask.copy()
+        return Edit(mask.copy(), region)
+
+    def _snaps(self, structure: Structure) -> bool:
+        return (self._supervoxels is not None and self.snap_fraction > 0
+                and structure.label in label_table.ZERO_SHOT_IDS and bool(structure.clicks))
+
+
+# --------------------------------------------------------------------------------- the weights
+
+
+@dataclass(frozen=True)
+class WeightsModel:
+    """One entry of the panel's weights row: which checkpoint, and how it is found."""
+
+    title: str
+    source_key: str  # "vista3d" or a SAM kind ("vit_b", ...)
+
+    @property
+    def source(self) -> "WeightsSource":
+        from . import weights
+
+        if self.source_key == "vista3d":
+            return weights.SOURCES[weights.DEFAULT_SOURCE]
+        return weights.SAM_SOURCES[self.source_key]
+
+
+WEIGHTS_MODELS: tuple[WeightsModel, ...] = (
+    WeightsModel("VISTA3D", "vista3d"),
+    WeightsModel("SAM ViT-B (zero-shot supervoxels)", "vit_b"),
+    WeightsModel("SAM ViT-L (zero-shot supervoxels)", "vit_l"),
+    WeightsModel("SAM ViT-H (zero-shot supervoxels)", "vit_h"),
+)
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Whether a checkpoint is ready, and the line the panel shows about it."""
+
+    ready: bool
+    path: Optional[Path]
+    in_cache: bool  # the file is the download cache's (so Delete applies to it)
+    text: str
+
+
+def weights_status(model: WeightsModel, explicit: Optional[str | Path] = None) -> WeightsStatus:
+    """Where ``model``'s checkpoint would be loaded from (a file the user chose, the environment
+    variable, or the cache), or why there is none yet. Hashes a cached file only the first time
+    (a stamp remembers the check)."""
+    from . import weights
+
+    source = model.source
+    try:
+        if model.source_key == "vista3d":
+            path = weights.resolve_weights(explicit)
+        else:
+            path = weights.resolve_sam_weights(explicit, model.source_key)
+    except weights.WeightsNotFoundError:
+        size = f" ({source.size / 1e6:,.0f} MB)" if source.size else ""
+        return WeightsStatus(False, None, False,
+                             f"Not downloaded yet{size}. Download them from {source.host}, or use a file you have.")
+    except VISTA3DError as error:  # a chosen file that is gone, say
+        return WeightsStatus(False, None, False, str(error))
+    in_cache = path.parent == weights.cache_dir() and path.name == source.filename
+    origin = "downloaded" if in_cache else "your file"
+    return WeightsStatus(True, path, in_cache, f"Ready ({origin}): {path}")
