@@ -13,12 +13,12 @@ import csv
 import glob
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from .errors import VISTA3DError
-from .progress import ProgressCallback
+from .batch import BatchResult, run_batch
+from .errors import Cancelled, VISTA3DError
+from .progress import CancelToken, ProgressCallback
 
 #: Label value of a structure defined by clicks alone (no class): the first ID after VISTA3D's classes,
 #: so that the output never claims a class it was not segmented as.
@@ -274,11 +274,13 @@ def _supervoxels(args: argparse.Namespace) -> int:
 
 
 def _zeroshot(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import numpy as np
 
     from .interactive import Session
     from .io import read_image, write_labelmap
-    from .labels import ZERO_SHOT_IDS
+    from .labels import ZERO_SHOT_IDS, label_info
     from .supervoxels import compute_supervoxels, snap, snap_roi
 
     output = Path(args.output)
@@ -307,7 +309,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
             )
     write_labelmap(
         image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite,
-        names={args.id: args.name} if args.name else None,
+        segments={args.id: replace(label_info(args.id), display_name=args.name)} if args.name else None,
     )
     print(f"Wrote {output}")
     return 0
@@ -370,41 +372,44 @@ def _batch(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     label_ids = _label_ids(args.labels)
+
+    def output(source: Path) -> Path:
+        return out_dir / f"{_case_name(source)}.{args.format}"
+
+    def should_skip(source: Path) -> Optional[str]:
+        return "output exists (use --overwrite to redo)" if output(source).exists() and not args.overwrite else None
+
     engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
-    rows = []
-    for source in tqdm(cases, desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True):
+    load_error: Optional[Exception] = None
+
+    def process(source: Path, progress: ProgressCallback, cancel: CancelToken) -> None:
+        nonlocal engine, load_error
         name = _case_name(source)
-        output = out_dir / f"{name}.{args.format}"
-        preview = out_dir / f"{name}_preview.png" if args.preview else None
-        started = time.perf_counter()
-        if output.exists() and not args.overwrite:
-            rows.append(_row(name, source, output, "skipped", started, "output exists (use --overwrite to redo)"))
-            continue
-        try:
-            image = read_image(source)
-        except VISTA3DError as error:
-            rows.append(_row(name, source, output, "failed", started, str(error)))
-            continue
-        engine = engine or _engine(args)  # a model that cannot load fails the whole batch, once
-        try:
-            with _progress_bar(name) as progress:
-                labelmap = engine.segment(image, label_ids, progress=progress)
-            if preview is not None:  # before the labelmap: an existing labelmap marks a finished case
-                write_preview_png(image, labelmap, preview, overwrite=True)
-            write_labelmap(labelmap, output, overwrite=args.overwrite)
-            rows.append(_row(name, source, output, "done", started, ""))
-        except VISTA3DError as error:
-            rows.append(_row(name, source, output, "failed", started, str(error)))
-        except Exception as error:  # one broken case must not stop a night's batch; it is reported
-            logging.getLogger(__name__).debug("case %s failed", name, exc_info=True)
-            rows.append(_row(name, source, output, "failed", started, f"{type(error).__name__}: {error}"))
+        image = read_image(source)
+        if engine is None:
+            try:
+                engine = _engine(args)
+            except Exception as error:  # a model that cannot load fails the whole batch, once:
+                load_error = error  # stop the batch here and raise the error after it
+                raise Cancelled() from error
+        with _progress_bar(name) as case_progress:  # a bar of its own, named after the case
+            labelmap = engine.segment(image, label_ids, progress=case_progress, cancel=cancel)
+        if args.preview:  # before the labelmap: an existing labelmap marks a finished case
+            write_preview_png(image, labelmap, out_dir / f"{name}_preview.png", overwrite=True)
+        write_labelmap(labelmap, output(source), overwrite=args.overwrite)
+
+    with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
+        report = run_batch(
+            cases, process, name=_case_name, should_skip=should_skip, on_result=lambda result: cases_bar.update()
+        )
+    if load_error is not None:
+        raise load_error
     summary = out_dir / SUMMARY_NAME
-    _write_summary(summary, rows)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
+    _write_summary(summary, [_row(source, output(source), result) for source, result in zip(cases, report.results)])
+    counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary: {summary}")
-    for row in rows:
-        if row["status"] == "failed":
-            print(f"  failed: {row['case']}: {row['message']}", file=sys.stderr)
+    for result in report.with_status("failed"):
+        print(f"  failed: {result.name}: {result.message}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 
@@ -433,14 +438,15 @@ def _case_name(path: Path) -> str:
     return name
 
 
-def _row(name: str, source: Path, output: Path, status: str, started: float, message: str) -> dict:
+def _row(source: Path, output: Path, result: BatchResult) -> dict:
+    """The summary CSV's row of one case."""
     return {
-        "case": name,
+        "case": result.name,
         "input": str(source),
         "output": str(output),
-        "status": status,
-        "seconds": f"{time.perf_counter() - started:.1f}",
-        "message": message,
+        "status": result.status,
+        "seconds": f"{result.seconds:.1f}",
+        "message": result.message,
     }
 
 
