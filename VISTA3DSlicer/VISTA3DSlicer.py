@@ -1,24 +1,30 @@
 """VISTA3D in 3D Slicer: the scripted module (panel, logic, self-test).
 
-Glue only: the engine, label table and weights live in ``VISTA3DSlicerLib``. Slicer imports
-every module at start-up, before VISTA3D's Python packages may be installed, so this file
-imports at module level only Slicer, the standard library and the ``VISTA3DSlicerLib`` modules
-that need no third-party package; everything needing torch or monai is imported inside the
-methods that use it, after ``installMissingDependencies`` has made sure it is there.
+Glue only. What the panel does is in ``VISTA3DSlicerLib`` (label picking, the click editor,
+export, the batch queue, the worker thread) and is tested without Slicer; this file binds it to
+the .ui widgets and to MRML nodes. Slicer imports every module at start-up, before VISTA3D's
+Python packages may be installed, so this file imports at module level only Slicer, the
+standard library and the ``VISTA3DSlicerLib`` modules that need no third-party package;
+everything needing torch or monai runs on the worker thread, after ``installMissingDependencies``.
+
+Threads: all torch work runs on the logic's one ``Worker`` thread (PyTorch's cuDNN caches are
+per thread); MRML and Qt are touched on the main thread only, in the worker's callbacks, which a
+QTimer dispatches (or ``Job.wait`` when the caller asks to wait for completion).
 """
 
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Callable, Optional, Union
 
+import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -27,9 +33,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VISTA3DSlicerLib.errors import VISTA3DError
+from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
+from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS
-from VISTA3DSlicerLib.progress import ProgressCallback
+from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, ct_warning, weights_status
+from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
+from VISTA3DSlicerLib.worker import Job, Worker
 
 #: The torch versions the engine supports (pyproject.toml's "torch>=2.4"); torch is installed
 #: by the PyTorch extension, which picks the build that matches the computer's GPU driver.
@@ -53,6 +62,13 @@ PIP_REQUIREMENTS = {
 }
 
 DOCUMENTATION_URL = "https://github.com/vista3dslicer/SlicerVISTA3D#readme"
+EXPORT_FORMATS = (".nii.gz", ".nrrd", ".seg.nrrd")
+#: QSettings keys of the checkpoint files the user chose with "Use a file..." (one per model).
+WEIGHTS_SETTING = "VISTA3D/weights/{key}"
+#: Voxels of margin around a structure's points for "supervoxels around the points".
+SUPERVOXEL_MARGIN = 24
+POSITIVE_COLOR = (0.2, 0.8, 0.2)
+NEGATIVE_COLOR = (0.9, 0.2, 0.2)
 
 
 #
@@ -67,13 +83,13 @@ class VISTA3DSlicer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VISTA3D")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["VISTA3DSlicer contributors"]
         self.parent.helpText = _("""
-Segments CT volumes with NVIDIA's VISTA3D model. Labels: structure names or VISTA3D label numbers
-separated by commas (for example <i>liver, spleen, 1, 3</i>), or <i>everything</i> for all classes.<br>
-Each structure found becomes one segment of the output segmentation; running again replaces only the
-segments of the same labels. See the <a href="{url}">documentation</a>.
+Segments CT volumes with NVIDIA's VISTA3D model: tick structures (or Everything) and Segment; correct a
+segment with + and − points; segment structures outside the 127 classes with the zero-shot tool; run
+every loaded volume in a batch; export a labelmap with VISTA3D's label IDs and a colour table.
+See the <a href="{url}">documentation</a>.
 """).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _("""
 VISTA3D is described in Y. He et al., "VISTA3D: A Unified Segmentation Foundation Model for 3D
@@ -96,6 +112,9 @@ class VISTA3DSlicerParameterNode:
     labels - the label prompt: names or VISTA3D IDs separated by commas, or "everything".
     device - "auto" (the GPU if PyTorch sees one), "cpu" or "cuda".
     precision - "fp32" (the reference) or the faster, lower-precision "fp16" / "bf16".
+    supervoxelsWholeVolume - compute supervoxels over the whole volume, not around the points.
+    snapFraction - snap zero-shot segments to supervoxels covered above this fraction (0: off).
+    exportFormat - the labelmap file type of Export.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -103,6 +122,9 @@ class VISTA3DSlicerParameterNode:
     labels: str = "everything"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "fp32"
+    supervoxelsWholeVolume: bool = False
+    snapFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = ".seg.nrrd"
 
 
 #
@@ -111,49 +133,97 @@ class VISTA3DSlicerParameterNode:
 
 
 class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: inputs, label prompt, output segmentation, Apply and progress."""
+    """The module panel: binds the .ui to the logic and shows what the worker reports."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # for observing the parameter node
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._selection = label_picker.LabelSelection.from_prompt("everything")
+        self._treeItems: dict = {}  # node key -> QTreeWidgetItem
+        self._updatingTree = False
+        self._runningJob: Optional[Job] = None
+        self._batchCancel: Optional[CancelToken] = None
+        self._shortcuts: list = []
+        self._pointNodes: dict = {}  # True (positive) / False (negative) -> markups node
+        self._settingPoints = False
+        self._ctCheckedKey = None
+
+    # -- set-up -------------------------------------------------------------------------------
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VISTA3DSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        # The .ui connects the top-level mrmlSceneChanged signal to each node selector.
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = VISTA3DSlicerLogic()
 
-        # A closed scene takes the parameter node with it: drop it first, make a new one after.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._refreshBatchList)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._refreshBatchList)
 
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self._buildLabelTree()
+        self.ui.labelTree.connect("itemChanged(QTreeWidgetItem*,int)", self.onTreeItemChanged)
+        self.ui.labelSearchBox.connect("textChanged(QString)", self.onSearch)
+        self.ui.everythingCheckBox.connect("toggled(bool)", self.onEverythingToggled)
+        self.ui.applyButton.connect("clicked(bool)", self.onSegment)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
-        self.initializeParameterNode()  # also needed after a module reload
+        for model in WEIGHTS_MODELS:
+            self.ui.weightsModelComboBox.addItem(model.title)
+        self.ui.weightsModelComboBox.connect("currentIndexChanged(int)", self._updateWeightsStatus)
+        self.ui.downloadWeightsButton.connect("clicked(bool)", self.onDownloadWeights)
+        self.ui.browseWeightsButton.connect("clicked(bool)", self.onBrowseWeights)
+        self.ui.openWeightsFolderButton.connect("clicked(bool)", self.onOpenWeightsFolder)
+        self.ui.deleteWeightsButton.connect("clicked(bool)", self.onDeleteWeights)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceInfo)
+
+        self.ui.positivePointButton.connect("toggled(bool)", lambda on: self.onPlacePoints(True, on))
+        self.ui.negativePointButton.connect("toggled(bool)", lambda on: self.onPlacePoints(False, on))
+        self.ui.undoButton.connect("clicked(bool)", lambda: self.onHistory("undo"))
+        self.ui.redoButton.connect("clicked(bool)", lambda: self.onHistory("redo"))
+        self.ui.clearPointsButton.connect("clicked(bool)", self.onClearPoints)
+        self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onTargetSegmentChanged)
+
+        self.ui.newZeroShotSegmentButton.connect("clicked(bool)", self.onNewZeroShotSegment)
+        self.ui.computeSupervoxelsButton.connect("clicked(bool)", self.onComputeSupervoxels)
+        self.ui.snapSlider.connect("valueChanged(double)", self.onSnapChanged)
+        self.ui.showSupervoxelsCheckBox.connect("toggled(bool)", self.logic.showSupervoxelBoundaries)
+
+        self.ui.batchSelectAllCheckBox.connect("toggled(bool)", self.onBatchSelectAll)
+        self.ui.batchRunButton.connect("clicked(bool)", self.onBatch)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
+
+        self.initializeParameterNode()
+        self._refreshBatchList()
+        self._updateWeightsStatus()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._removeShortcuts()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._installShortcuts()  # only while the panel is shown: no clash with other modules' keys
 
     def exit(self) -> None:
-        # The panel is hidden: stop mirroring the parameter node until it is shown again.
+        self._removeShortcuts()
+        for positive in (True, False):
+            self._placeButton(positive).checked = False
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._pointNodes.clear()
+        self.logic.forgetVolume()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -161,7 +231,6 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        # Save the user a click: pre-select the first volume of the scene.
         if not self._parameterNode.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
@@ -170,50 +239,493 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[VISTA3DSlicerParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets are bound by their "SlicerParameterName" dynamic property in the .ui file.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._parameterNode and self._parameterNode.inputVolume:
-            self.ui.applyButton.toolTip = _("Segment the input volume with VISTA3D")
-            self.ui.applyButton.enabled = True
-        else:
-            self.ui.applyButton.toolTip = _("Select an input volume")
-            self.ui.applyButton.enabled = False
-
-    def onApplyButton(self) -> None:
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        # Installing packages asks the user first: no wait cursor over those questions.
-        with slicer.util.tryWithErrorDisplay(_("Could not install what VISTA3D needs.")):
-            self.logic.installMissingDependencies()
-        with slicer.util.tryWithErrorDisplay(_("VISTA3D segmentation failed."), waitCursor=True):
-            # Progress updates let Qt process events; a second click must not start a second run.
-            self.ui.applyButton.enabled = False
-            try:
-                segmentationNode = self.logic.segment(
-                    parameters.inputVolume,
-                    parameters.labels,
-                    parameters.outputSegmentation,
-                    device=parameters.device,
-                    precision=parameters.precision,
-                    progress=self._showProgress,
-                )
-            finally:
-                self._checkCanApply()
-            parameters.outputSegmentation = segmentationNode
-            self.ui.progressBar.format = _("Done")
+        volumeNode = parameters.inputVolume if parameters else None
+        self._syncTreeWithPrompt()
+        self._updateCtWarning(volumeNode)
+        self._updateDeviceInfo()
+        segmentationNode = parameters.outputSegmentation if parameters else None
+        self.ui.targetSegmentSelector.setCurrentNode(segmentationNode)
+        if segmentationNode and not self.ui.exportSegmentationSelector.currentNode():
+            self.ui.exportSegmentationSelector.setCurrentNode(segmentationNode)
+        self.ui.exportDicomButton.enabled = bool(volumeNode and volumeNode.GetAttribute("DICOM.instanceUIDs"))
+        self.logic.snapFraction = parameters.snapFraction if parameters else 0.0
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        parameters = self._parameterNode
+        busy = self._runningJob is not None or self._batchCancel is not None
+        hasVolume = bool(parameters and parameters.inputVolume)
+        self.ui.applyButton.enabled = hasVolume and bool(self._selection.ids) and not busy
+        self.ui.applyButton.toolTip = _("Segment the ticked structures") if hasVolume else _("Select an input volume")
+        hasTarget = hasVolume and bool(self._targetSegmentId())
+        for button in (self.ui.positivePointButton, self.ui.negativePointButton, self.ui.clearPointsButton):
+            button.enabled = hasTarget
+        segmentId = self._targetSegmentId()
+        self.ui.undoButton.enabled = hasTarget and self.logic.canUndo(segmentId)
+        self.ui.redoButton.enabled = hasTarget and self.logic.canRedo(segmentId)
+        self.ui.batchRunButton.enabled = not busy
+        self.ui.cancelButton.enabled = busy
+
+    # -- status -------------------------------------------------------------------------------
 
     def _showProgress(self, done: int, total: int, message: str) -> None:
         # An unknown total (0) shows a busy bar: a range of 0 to 0.
         self.ui.progressBar.maximum = max(total, 0)
         self.ui.progressBar.value = min(done, total) if total > 0 else 0
-        self.ui.progressBar.format = f"{message} %p%"
-        slicer.app.processEvents()  # repaint the bar: the engine runs on this (the main) thread
+        self.ui.statusLabel.text = message
+
+    def _showError(self, error: BaseException, where=None) -> None:
+        """A user error in the status line (and ``where``); a bug with its traceback in the log."""
+        if isinstance(error, Cancelled):
+            message = _("Cancelled: nothing was changed.")
+        elif isinstance(error, VISTA3DError):
+            message = str(error)
+        else:
+            logging.error("VISTA3D failed", exc_info=error)
+            message = _("VISTA3D failed: {error}. The Python console has the details.").format(error=error)
+        self.ui.statusLabel.text = message
+        if where is not None:
+            where.text = message
+
+    def _finishJob(self) -> None:
+        self._runningJob = None
+        self.ui.progressBar.maximum = 100
+        self._updateButtons()
+
+    def onCancel(self) -> None:
+        if self._runningJob is not None:
+            self._runningJob.cancel()
+        if self._batchCancel is not None:
+            self._batchCancel.cancel()
+
+    # -- input checks -------------------------------------------------------------------------
+
+    def _updateCtWarning(self, volumeNode) -> None:
+        imageData = volumeNode.GetImageData() if volumeNode is not None else None
+        key = (volumeNode.GetID(), imageData.GetMTime()) if imageData is not None else None
+        if key == self._ctCheckedKey:
+            return  # the parameter node changes at each keystroke: read the voxels once per volume
+        self._ctCheckedKey = key
+        warning = None
+        if imageData is not None:
+            try:
+                warning = ct_warning(slicer_adapter.image_from_volume_node(volumeNode))
+            except VISTA3DError as error:
+                warning = str(error)
+        self.ui.ctWarningLabel.text = warning or ""
+        self.ui.ctWarningLabel.visible = bool(warning)
+
+    def _updateDeviceInfo(self, *args) -> None:
+        if importlib.util.find_spec("torch") is None:
+            self.ui.deviceInfoLabel.text = _("PyTorch is installed on the first run (through the PyTorch extension).")
+            return
+        from VISTA3DSlicerLib.model import describe_device
+
+        self.ui.deviceInfoLabel.text = describe_device(self.ui.deviceComboBox.currentText)
+
+    # -- label tree ---------------------------------------------------------------------------
+
+    def _buildLabelTree(self) -> None:
+        tree = self.ui.labelTree
+        tree.clear()
+        self._treeItems.clear()
+
+        def add(parentItem, node) -> None:
+            item = qt.QTreeWidgetItem(parentItem)
+            item.setText(0, node.title if node.label_id is None or not node.is_leaf else f"{node.title}  ({node.label_id})")
+            item.setToolTip(0, node.tooltip)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setData(0, qt.Qt.UserRole, node.key)
+            if node.is_leaf:
+                red, green, blue = labels.label_info(node.label_id).color
+                pixmap = qt.QPixmap(12, 12)
+                pixmap.fill(qt.QColor(red, green, blue))
+                item.setIcon(0, qt.QIcon(pixmap))
+            self._treeItems[node.key] = item
+            for child in node.children:
+                add(item, child)
+
+        for section in label_picker.label_tree():
+            add(tree, section)
+        self._refreshTreeChecks()
+
+    def _refreshTreeChecks(self) -> None:
+        states = {"checked": qt.Qt.Checked, "partial": qt.Qt.PartiallyChecked, "unchecked": qt.Qt.Unchecked}
+        self._updatingTree = True
+        try:
+            for key, item in self._treeItems.items():
+                item.setCheckState(0, states[self._selection.check_state(label_picker.find_node(key))])
+            self.ui.everythingCheckBox.checked = self._selection.includes_everything
+            self.ui.selectionSummaryLabel.text = self._selection.summary()
+        finally:
+            self._updatingTree = False
+        self._updateButtons()
+
+    def onTreeItemChanged(self, item, column) -> None:
+        if self._updatingTree:
+            return
+        node = label_picker.find_node(item.data(0, qt.Qt.UserRole))
+        self._selection.set_checked(node, item.checkState(0) != qt.Qt.Unchecked)
+        self._promptFromSelection()
+
+    def onEverythingToggled(self, checked: bool) -> None:
+        if self._updatingTree:
+            return
+        if checked:
+            self._selection.select_everything()
+        else:
+            self._selection.clear()
+        self._promptFromSelection()
+
+    def _promptFromSelection(self) -> None:
+        self._refreshTreeChecks()
+        if self._parameterNode:
+            self._parameterNode.labels = self._selection.to_prompt()
+
+    def _syncTreeWithPrompt(self) -> None:
+        """The prompt line was edited (or a scene loaded): tick what it names."""
+        if not self._parameterNode or self._updatingTree:
+            return
+        text = self._parameterNode.labels
+        if text == self._selection.to_prompt():
+            return
+        try:
+            self._selection = label_picker.LabelSelection.from_prompt(text) if text.strip() else label_picker.LabelSelection()
+        except VISTA3DError as error:
+            self.ui.selectionSummaryLabel.text = str(error)  # an unknown name: say which, keep the ticks
+            return
+        self._refreshTreeChecks()
+
+    def onSearch(self, text: str) -> None:
+        shown = label_picker.matching_keys(text)
+        for key, item in self._treeItems.items():
+            item.setHidden(key not in shown)
+            item.setExpanded(bool(text.strip()) and key in shown)
+
+    # -- automatic segmentation ---------------------------------------------------------------
+
+    def onSegment(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start VISTA3D."), waitCursor=False):
+            self.logic.installMissingDependencies()
+            self._runningJob = self.logic.segment(
+                parameters.inputVolume, self._selection.ids, parameters.outputSegmentation,
+                device=parameters.device, precision=parameters.precision, weights=self._chosenWeights("vista3d"),
+                waitForCompletion=False, progress=self._showProgress,
+                onDone=self._onSegmented, onError=self._onJobFailed,
+            )
+        self._updateButtons()
+
+    def _onSegmented(self, segmentationNode) -> None:
+        self._finishJob()
+        self._parameterNode.outputSegmentation = segmentationNode
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        self.ui.statusLabel.text = _("Done: {count} segments in '{name}'.").format(
+            count=segmentationNode.GetSegmentation().GetNumberOfSegments(), name=segmentationNode.GetName())
+
+    def _onJobFailed(self, error: BaseException) -> None:
+        self._finishJob()
+        self._showError(error)
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def _weightsModel(self):
+        return WEIGHTS_MODELS[max(self.ui.weightsModelComboBox.currentIndex, 0)]
+
+    @staticmethod
+    def _chosenWeights(key: str) -> Optional[str]:
+        return qt.QSettings().value(WEIGHTS_SETTING.format(key=key)) or None
+
+    def _updateWeightsStatus(self, *args) -> None:
+        model = self._weightsModel()
+        status = weights_status(model, self._chosenWeights(model.source_key))
+        self.ui.weightsStatusLabel.text = status.text
+        self.ui.downloadWeightsButton.enabled = not status.ready
+        self.ui.deleteWeightsButton.enabled = status.in_cache
+
+    def onDownloadWeights(self) -> None:
+        model = self._weightsModel()
+        with slicer.util.tryWithErrorDisplay(_("Could not download the weights."), waitCursor=False):
+            self.logic.installMissingDependencies()
+            if not self.logic.askToDownload(model.source):
+                return
+            self._runningJob = self.logic.downloadWeights(
+                model.source, waitForCompletion=False, progress=self._showProgress,
+                onDone=lambda path: (self._finishJob(), self._updateWeightsStatus(),
+                                     setattr(self.ui.statusLabel, "text", _("Downloaded {path}").format(path=path))),
+                onError=self._onJobFailed)
+        self._updateButtons()
+
+    def onBrowseWeights(self) -> None:
+        model = self._weightsModel()
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Checkpoint of {title}").format(title=model.title), "",
+                                              _("PyTorch checkpoints (*.pt *.pth *.safetensors);;All files (*)"))
+        if path:
+            qt.QSettings().setValue(WEIGHTS_SETTING.format(key=model.source_key), path)
+            self._updateWeightsStatus()
+
+    def onOpenWeightsFolder(self) -> None:
+        from VISTA3DSlicerLib.weights import cache_dir
+
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onDeleteWeights(self) -> None:
+        from VISTA3DSlicerLib.weights import delete_cached
+
+        model = self._weightsModel()
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Delete the downloaded {title} weights? They can be downloaded again.").format(title=model.title)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not delete the weights.")):
+            delete_cached(model.source)
+            self.logic.dropEngine()
+        self._updateWeightsStatus()
+
+    # -- points -------------------------------------------------------------------------------
+
+    def _targetSegmentId(self) -> str:
+        return self.ui.targetSegmentSelector.currentSegmentID() or ""
+
+    def _placeButton(self, positive: bool):
+        return self.ui.positivePointButton if positive else self.ui.negativePointButton
+
+    def _pointNode(self, positive: bool):
+        node = self._pointNodes.get(positive)
+        if node is None or node.GetScene() is None:
+            node = self.logic.pointListNode(positive)
+            self._pointNodes[positive] = node
+            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                          slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.addObserver(node, event, self.onPointsChanged)
+        return node
+
+    def onPlacePoints(self, positive: bool, on: bool) -> None:
+        if on:
+            self._placeButton(not positive).checked = False
+            slicer.modules.markups.logic().SetActiveList(self._pointNode(positive))
+            interaction = slicer.app.applicationLogic().GetInteractionNode()
+            interaction.SetPlaceModePersistence(1)
+            interaction.SetCurrentInteractionMode(interaction.Place)
+        elif not self._placeButton(not positive).checked:
+            slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
+
+    def onPointsChanged(self, caller=None, event=None) -> None:
+        if self._settingPoints:
+            return
+        parameters = self._parameterNode
+        segmentId = self._targetSegmentId()
+        if not (parameters and parameters.inputVolume and segmentId):
+            self.ui.interactiveStatusLabel.text = _("Choose the segment to correct first.")
+            return
+        self.logic.installMissingDependencies()
+        self.logic.snapFraction = parameters.snapFraction
+        self.logic.updateSegmentFromPoints(
+            parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
+            self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
+            weights=self._chosenWeights("vista3d"), waitForCompletion=False, progress=self._showProgress,
+            onDone=self._onPointsApplied, onError=self._onPointsRefused)
+
+    def _onPointsApplied(self, changed) -> None:
+        self.ui.interactiveStatusLabel.text = _("Segment updated.") if changed else _("The points changed nothing.")
+        self._showPointsOfTarget()
+        self._updateButtons()
+
+    def _onPointsRefused(self, error: BaseException) -> None:
+        self._showError(error, self.ui.interactiveStatusLabel)
+        self._showPointsOfTarget()  # the refused point is taken away again
+        self._updateButtons()
+
+    def _showPointsOfTarget(self) -> None:
+        """The point lists show the target segment's points (after an undo, a refusal, a switch)."""
+        parameters = self._parameterNode
+        if not (parameters and parameters.inputVolume):
+            return
+        points = self.logic.pointsOf(self._targetSegmentId())
+        self._settingPoints = True
+        try:
+            for positive in (True, False):
+                slicer_adapter.set_markups_points(
+                    self._pointNode(positive), [p.ras for p in points if p.positive == positive], parameters.inputVolume)
+        finally:
+            self._settingPoints = False
+
+    def onHistory(self, which: str) -> None:
+        self.logic.stepHistory(
+            which, self._parameterNode.inputVolume, self.ui.targetSegmentSelector.currentNode(), self._targetSegmentId(),
+            waitForCompletion=False, onDone=self._onPointsApplied, onError=self._onPointsRefused)
+
+    def onClearPoints(self) -> None:
+        self._settingPoints = True
+        try:
+            for positive in (True, False):
+                self._pointNode(positive).RemoveAllControlPoints()
+        finally:
+            self._settingPoints = False
+        self.onPointsChanged()
+
+    def onTargetSegmentChanged(self, segmentId: str) -> None:
+        self._showPointsOfTarget()
+        self._updateButtons()
+
+    def _installShortcuts(self) -> None:
+        if self._shortcuts:
+            return
+        keys = (("A", lambda: self._togglePlace(True)), ("D", lambda: self._togglePlace(False)),
+                ("Ctrl+Z", lambda: self.onHistory("undo")), ("Ctrl+Y", lambda: self.onHistory("redo")))
+        for key, action in keys:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", action)
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+            shortcut.deleteLater()
+        self._shortcuts = []
+
+    def _togglePlace(self, positive: bool) -> None:
+        button = self._placeButton(positive)
+        if button.enabled:
+            button.checked = not button.checked
+
+    # -- zero-shot ----------------------------------------------------------------------------
+
+    def onNewZeroShotSegment(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not add a zero-shot segment.")):
+            if not parameters.inputVolume:
+                raise VISTA3DError(_("Select an input volume first."))
+            if not parameters.outputSegmentation:
+                parameters.outputSegmentation = self.logic.newSegmentationNode(parameters.inputVolume)
+            segmentId = self.logic.newZeroShotSegment(
+                parameters.outputSegmentation, parameters.inputVolume, self.ui.zeroShotNameLineEdit.text)
+            self.ui.targetSegmentSelector.setCurrentNode(parameters.outputSegmentation)
+            self.ui.targetSegmentSelector.setCurrentSegmentID(segmentId)
+            self.ui.positivePointButton.checked = True
+            self.ui.interactiveStatusLabel.text = _("Click on the structure in a slice view.")
+
+    def onComputeSupervoxels(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not compute supervoxels."), waitCursor=False):
+            self.logic.installMissingDependencies()
+            self._runningJob = self.logic.computeSupervoxels(
+                parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self._targetSegmentId(),
+                device=parameters.device, precision=parameters.precision, samWeights=self._chosenWeights("vit_b"),
+                waitForCompletion=False, progress=self._showProgress,
+                onDone=self._onSupervoxels, onError=self._onJobFailed)
+        self._updateButtons()
+
+    def _onSupervoxels(self, count: int) -> None:
+        self._finishJob()
+        self.ui.statusLabel.text = _("{count} supervoxels ready: move the snap slider to snap zero-shot segments.").format(
+            count=count)
+        self.logic.showSupervoxelBoundaries(self.ui.showSupervoxelsCheckBox.checked)
+
+    def onSnapChanged(self, value: float) -> None:
+        segmentId = self._targetSegmentId()
+        self.logic.snapFraction = value
+        if segmentId and self.logic.canUndo(segmentId):
+            self.logic.reshow(self.ui.targetSegmentSelector.currentNode(), segmentId, self._parameterNode.inputVolume,
+                              waitForCompletion=False, onDone=self._onPointsApplied, onError=self._onPointsRefused)
+
+    # -- batch --------------------------------------------------------------------------------
+
+    def _refreshBatchList(self, caller=None, event=None) -> None:
+        if not hasattr(self, "ui"):
+            return
+        checked = {self.ui.batchVolumeList.item(row).data(qt.Qt.UserRole)
+                   for row in range(self.ui.batchVolumeList.count)
+                   if self.ui.batchVolumeList.item(row).checkState() == qt.Qt.Checked}
+        self.ui.batchVolumeList.clear()
+        for volumeNode in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if volumeNode.IsA("vtkMRMLLabelMapVolumeNode") or volumeNode.GetHideFromEditors():
+                continue
+            item = qt.QListWidgetItem(volumeNode.GetName())
+            item.setData(qt.Qt.UserRole, volumeNode.GetID())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if volumeNode.GetID() in checked else qt.Qt.Unchecked)
+            self.ui.batchVolumeList.addItem(item)
+
+    def onBatchSelectAll(self, checked: bool) -> None:
+        for row in range(self.ui.batchVolumeList.count):
+            self.ui.batchVolumeList.item(row).setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
+
+    def onBatch(self) -> None:
+        parameters = self._parameterNode
+        volumeNodes = [slicer.mrmlScene.GetNodeByID(self.ui.batchVolumeList.item(row).data(qt.Qt.UserRole))
+                       for row in range(self.ui.batchVolumeList.count)
+                       if self.ui.batchVolumeList.item(row).checkState() == qt.Qt.Checked]
+        with slicer.util.tryWithErrorDisplay(_("The batch could not start.")):
+            if not volumeNodes:
+                raise VISTA3DError(_("Tick the volumes to segment first."))
+            if not self._selection.ids:
+                raise VISTA3DError(_("Tick the structures to segment (or Everything) first."))
+            self.logic.installMissingDependencies()
+            self._batchCancel = CancelToken()
+            self._updateButtons()
+            try:
+                report = self.logic.segmentVolumes(
+                    volumeNodes, self._selection.ids, device=parameters.device, precision=parameters.precision,
+                    weights=self._chosenWeights("vista3d"), progress=self._showProgress, cancel=self._batchCancel)
+            finally:
+                self._batchCancel = None
+                self._finishJob()
+            self.ui.batchReportLabel.text = report.summary()
+            self.ui.statusLabel.text = report.summary()
+
+    # -- export -------------------------------------------------------------------------------
+
+    def onExport(self) -> None:
+        parameters = self._parameterNode
+        segmentationNode = self.ui.exportSegmentationSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            if segmentationNode is None:
+                raise VISTA3DError(_("Choose the segmentation to export."))
+            path = self.ui.exportPathLineEdit.currentPath
+            if not path:
+                raise VISTA3DError(_("Choose the file to export to."))
+            if not path.lower().endswith(EXPORT_FORMATS):
+                path += parameters.exportFormat
+            self.logic.installMissingDependencies()
+            overwrite = False
+            from VISTA3DSlicerLib.export import colour_table_path_for
+
+            existing = [p for p in (Path(path), colour_table_path_for(path)) if p.exists()]
+            if existing:
+                overwrite = slicer.util.confirmOkCancelDisplay(
+                    _("These files exist:\n{files}\nReplace them?").format(files="\n".join(map(str, existing))))
+                if not overwrite:
+                    return
+            result = self.logic.export(segmentationNode, parameters.inputVolume, path, overwrite=overwrite)
+            message = _("Exported {count} segments to {labelmap} and {table}.").format(
+                count=len(result.ids), labelmap=result.labelmap_path, table=result.colour_table_path)
+            if result.overlap_voxels:
+                message += " " + _("{voxels} voxels belonged to more than one segment; the later segment has them.").format(
+                    voxels=result.overlap_voxels)
+            self.ui.statusLabel.text = message
+
+    def onExportDicom(self) -> None:
+        segmentationNode = self.ui.exportSegmentationSelector.currentNode()
+        if segmentationNode is None:
+            return
+        # Slicer's own DICOM export writes a DICOM SEG that references the source series.
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        dialog = slicer.qSlicerDICOMExportDialog()
+        dialog.setMRMLScene(slicer.mrmlScene)
+        dialog.execDialog(shNode.GetItemByDataNode(segmentationNode))
 
 
 #
@@ -222,61 +734,403 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
-    """Segmentation without the panel, usable from Slicer's Python console::
+    """VISTA3D without the panel, usable from Slicer's Python console::
 
         logic = slicer.util.getModuleLogic("VISTA3DSlicer")  # or VISTA3DSlicerLogic()
         segmentationNode = logic.segment(volumeNode, ["liver", "spleen"])
 
-    Call it from the main thread (the console and the panel are): it may ask the user questions
-    and install packages.
+    Every long method takes ``waitForCompletion`` (default True: returns the result, keeping
+    Slicer responsive while it waits) or, with False, returns a ``Job`` and calls ``onDone`` /
+    ``onError`` on the main thread. Call the logic from the main thread (the console and the
+    panel do): it may ask the user questions and install packages.
     """
 
-    # Shared by every logic instance (panel, console, test): the network takes ~1 GB and seconds
-    # to load. Only the latest (weights file, device, precision) is kept, so a switch frees memory.
+    # Shared by every logic instance (panel, console, test): one GPU thread, one network, one
+    # interactive session (the network takes ~1 GB and seconds to load; a session holds the
+    # volume's encoder features).
+    _worker: Optional[Worker] = None
     _engineCache: dict = {}
+    _session: dict = {}  # "key" (volume ID, image MTime), "editor", "supervoxelNode"
+    snapFraction = 0.0
 
     def getParameterNode(self) -> VISTA3DSlicerParameterNode:
         return VISTA3DSlicerParameterNode(super().getParameterNode())
 
+    # -- jobs ---------------------------------------------------------------------------------
+
+    @classmethod
+    def worker(cls) -> Worker:
+        if cls._worker is None:
+            cls._worker = Worker()
+            cls._dispatchTimer = qt.QTimer()
+            cls._dispatchTimer.setInterval(50)
+            cls._dispatchTimer.connect("timeout()", cls._worker.dispatch)
+            cls._dispatchTimer.start()
+        return cls._worker
+
+    def _run(self, function: Callable, *, name: str, key: Optional[str] = None, waitForCompletion: bool = True,
+             progress: Optional[ProgressCallback] = None, onDone: Optional[Callable] = None,
+             onError: Optional[Callable] = None, apply: Optional[Callable] = None):
+        """Run ``function(progress, cancel)`` on the worker; ``apply(result)`` then runs on the main
+        thread (MRML writes) and its value is the job's result for ``onDone`` / the caller."""
+        outcome = {}
+
+        def done(result) -> None:
+            try:
+                outcome["value"] = apply(result) if apply is not None else result
+            except Exception as error:  # writing into MRML failed: report it like a failed job
+                outcome["error"] = error
+                if onError is not None:
+                    onError(error)
+                return
+            if onDone is not None:
+                onDone(outcome["value"])
+
+        job = self.worker().submit(function, name=name, key=key, on_progress=progress, on_done=done, on_error=onError)
+        if not waitForCompletion:
+            return job
+        job.wait(pump=slicer.app.processEvents)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    # -- automatic segmentation ---------------------------------------------------------------
+
     def segment(
         self,
         volumeNode: vtkMRMLScalarVolumeNode,
-        labels: Union[list[Union[str, int]], str, None],
+        labelPrompt: Union[list[Union[str, int]], str, None],
         segmentationNode: Optional[vtkMRMLSegmentationNode] = None,
+        *,
         device: str = "auto",
         precision: str = "fp32",
         weights: Union[str, Path, None] = None,
+        replaceExisting: Optional[bool] = None,
+        waitForCompletion: bool = True,
         progress: Optional[ProgressCallback] = None,
-    ) -> vtkMRMLSegmentationNode:
-        """Segment ``labels`` of ``volumeNode`` into ``segmentationNode`` and return that node.
+        onDone: Optional[Callable] = None,
+        onError: Optional[Callable] = None,
+    ):
+        """Segment ``labelPrompt`` of ``volumeNode`` into ``segmentationNode`` (None: a new one).
 
-        ``labels``: a prompt string ("liver, spleen, 1, 3" or "everything"), a list of names and
-        VISTA3D IDs, or None for everything. ``segmentationNode``: None makes a new one beside
-        the volume. ``weights``: a checkpoint file; None uses $VISTA3D_WEIGHTS or the download
-        cache (and offers the download when neither has them). ``progress(done, total, message)``
-        is called as the work goes on. Segments of other labels in ``segmentationNode`` are kept.
+        ``labelPrompt``: a prompt string ("liver, spleen, 1, 3" or "everything"), a list of names
+        and VISTA3D IDs, or None for everything. Segments of the same classes already in
+        ``segmentationNode`` are replaced only if ``replaceExisting`` is True; None asks the user
+        first, False refuses. ``weights``: a checkpoint file; None uses $VISTA3D_WEIGHTS or the
+        download cache (and offers the download). Returns the segmentation node (or, without
+        ``waitForCompletion``, the Job; ``onDone(segmentationNode)`` follows on the main thread).
         """
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
         self.installMissingDependencies()
-
-        from VISTA3DSlicerLib import slicer_adapter
-
-        labelIds = self._labelIds(labels)
+        labelIds = self._labelIds(labelPrompt)
+        labels.validate_automatic_prompt(labelIds)
+        self._confirmReplacing(segmentationNode, labelIds, replaceExisting)
         image = slicer_adapter.image_from_volume_node(volumeNode)
-        engine = self._engine(weights, device, precision, progress)
-        labelmap = engine.segment(image, labelIds, progress=progress)
+        weightsPath = self._weightsPath(weights, progress)
 
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} VISTA3D"))
-            segmentationNode.CreateDefaultDisplayNodes()
-            # Under the volume's transform, so the segments move with the volume.
-            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-        written = slicer_adapter.labelmap_to_segmentation(labelmap, segmentationNode, volumeNode)
-        if not written:
-            logging.warning("VISTA3D found none of the requested structures in %s", volumeNode.GetName())
+        def work(report, cancel):
+            engine = self._engine(weightsPath, device, precision)
+            return engine.segment(image, labelIds, progress=report, cancel=cancel)
+
+        def apply(labelmap):
+            target = segmentationNode or self.newSegmentationNode(volumeNode)
+            if not slicer_adapter.labelmap_to_segmentation(labelmap, target, volumeNode):
+                logging.warning("VISTA3D found none of the requested structures in %s", volumeNode.GetName())
+            self.forgetEdits()  # the segments changed under the click editor
+            return target
+
+        return self._run(work, name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
+                         progress=progress, onDone=onDone, onError=onError, apply=apply)
+
+    def segmentVolumes(self, volumeNodes: list, labelPrompt, *, progress: Optional[ProgressCallback] = None,
+                       cancel: Optional[CancelToken] = None, **options):
+        """Segment each volume into its own new segmentation; a failing volume is reported and
+        skipped, cancel stops after the current window. Returns a ``batch.BatchReport``."""
+        from VISTA3DSlicerLib.batch import run_batch
+
+        def process(volumeNode, report, token):
+            job = self.segment(volumeNode, labelPrompt, None, waitForCompletion=False, progress=report, **options)
+
+            def pump() -> None:  # keeps Slicer responsive, and Cancel stops the volume's run
+                if token.cancelled:
+                    job.cancel()
+                slicer.app.processEvents()
+
+            job.wait(pump=pump)
+            return None
+
+        return run_batch(volumeNodes, process, name=lambda node: node.GetName(), progress=progress, cancel=cancel)
+
+    def newSegmentationNode(self, volumeNode) -> vtkMRMLSegmentationNode:
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} VISTA3D"))
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        # Under the volume's transform, so the segments move with the volume.
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         return segmentationNode
+
+    @staticmethod
+    def _confirmReplacing(segmentationNode, labelIds: list[int], replaceExisting: Optional[bool]) -> None:
+        if segmentationNode is None:
+            return
+        wanted = set(labels.expand_subclasses(labelIds))
+        segmentation = segmentationNode.GetSegmentation()
+        existing = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+                    if slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)) in wanted]
+        if not existing or replaceExisting:
+            return
+        names = ", ".join(existing[:8]) + (_(" and {n} more").format(n=len(existing) - 8) if len(existing) > 8 else "")
+        if replaceExisting is None and slicer.util.confirmOkCancelDisplay(
+                _("'{segmentation}' already has {names}. Replace them with the new result?").format(
+                    segmentation=segmentationNode.GetName(), names=names)):
+            return
+        raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
+                             "segmentation, or agree to replace them.").format(names=names))
+
+    # -- points -------------------------------------------------------------------------------
+
+    def pointListNode(self, positive: bool) -> vtkMRMLMarkupsFiducialNode:
+        """The scene's + (green) or − (red) point list, made on first use."""
+        name = "VISTA3D + points" if positive else "VISTA3D - points"
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+            display.SetSelectedColor(*(POSITIVE_COLOR if positive else NEGATIVE_COLOR))
+            display.SetColor(*(POSITIVE_COLOR if positive else NEGATIVE_COLOR))
+            display.SetPointLabelsVisibility(False)
+            node.SetMarkupLabelFormat("+" if positive else "-")
+        return node
+
+    def _editor(self, volumeNode, device: str, precision: str, weights) -> Callable[[], ClickEditor]:
+        """A function (for the worker) giving the click editor of ``volumeNode``, made when the
+        volume or its voxels changed (the image is read here, on the main thread)."""
+        imageData = volumeNode.GetImageData()
+        key = (volumeNode.GetID(), imageData.GetMTime() if imageData else 0)
+        session = VISTA3DSlicerLogic._session
+        if session.get("key") == key:
+            return lambda: session["editor"]
+        image = slicer_adapter.image_from_volume_node(volumeNode)
+        weightsPath = self._weightsPath(weights, None)
+
+        def make() -> ClickEditor:
+            from VISTA3DSlicerLib.interactive import Session
+
+            session.clear()
+            session["editor"] = ClickEditor(Session(self._engine(weightsPath, device, precision), image))
+            session["key"] = key
+            return session["editor"]
+
+        return make
+
+    def updateSegmentFromPoints(self, volumeNode, segmentationNode, segmentId: str, positiveNode, negativeNode, *,
+                                device: str = "auto", precision: str = "fp32", weights=None,
+                                waitForCompletion: bool = True, progress=None, onDone=None, onError=None):
+        """Recompute a segment from the points of the two lists (all of them: added, moved or
+        removed ones are all handled) and rewrite only the part of it that changed. A point outside
+        the volume is refused (``onError``) and nothing changes. Returns whether the segment changed."""
+        points = ([PointPrompt(p, True) for p in slicer_adapter.points_from_markups(positiveNode, volumeNode)]
+                  + [PointPrompt(p, False) for p in slicer_adapter.points_from_markups(negativeNode, volumeNode)])
+        label = slicer_adapter.segment_label(segmentationNode, segmentId)
+        current = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
+        editorOf = self._editor(volumeNode, device, precision, weights)
+        fraction = self.snapFraction
+
+        def work(report, cancel):
+            editor = editorOf()
+            editor.snap_fraction = fraction
+            return editor.set_points(segmentId, label, points, current, progress=report, cancel=cancel)
+
+        return self._run(work, name="Points", key="points", waitForCompletion=waitForCompletion, progress=progress,
+                         onDone=onDone, onError=onError,
+                         apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+
+    def stepHistory(self, which: str, volumeNode, segmentationNode, segmentId: str, *, waitForCompletion=True,
+                    onDone=None, onError=None):
+        """Undo (``which="undo"``) or redo the last change of a segment's points."""
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        if editor is None:
+            raise VISTA3DError(_("There are no points to undo or redo."))
+
+        def work(report, cancel):
+            return editor.undo(segmentId) if which == "undo" else editor.redo(segmentId)
+
+        return self._run(work, name=which, waitForCompletion=waitForCompletion, onDone=onDone, onError=onError,
+                         apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+
+    def reshow(self, segmentationNode, segmentId: str, volumeNode, *, waitForCompletion=True, onDone=None, onError=None):
+        """Rewrite a segment after the snap fraction or the supervoxels changed."""
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        fraction = self.snapFraction
+
+        def work(report, cancel):
+            editor.snap_fraction = fraction
+            return editor.reshow(segmentId)
+
+        return self._run(work, name="Snap", key="points", waitForCompletion=waitForCompletion, onDone=onDone,
+                         onError=onError, apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+
+    @staticmethod
+    def _writeEdit(edit, segmentationNode, segmentId: str, volumeNode) -> bool:
+        if edit.changed is None:
+            return False
+        with slicer.util.RenderBlocker():
+            slicer_adapter.write_segment_region(segmentationNode, segmentId, edit.mask, edit.changed, volumeNode)
+        return True
+
+    def pointsOf(self, segmentId: str) -> list[PointPrompt]:
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        return editor.points(segmentId) if editor is not None and segmentId else []
+
+    def canUndo(self, segmentId: str) -> bool:
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        return bool(editor is not None and segmentId and editor.can_undo(segmentId))
+
+    def canRedo(self, segmentId: str) -> bool:
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        return bool(editor is not None and segmentId and editor.can_redo(segmentId))
+
+    def forgetEdits(self) -> None:
+        """Segments were rewritten by a run: point histories no longer describe them."""
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        if editor is not None:
+            editor.forget_all()
+
+    def forgetVolume(self) -> None:
+        VISTA3DSlicerLogic._session.clear()
+
+    # -- zero-shot ----------------------------------------------------------------------------
+
+    def newZeroShotSegment(self, segmentationNode, volumeNode, name: str = "") -> str:
+        """A new, empty segment for a structure outside the 127 classes, with its own zero-shot ID."""
+        segmentation = segmentationNode.GetSegmentation()
+        used = [slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i))
+                for i in range(segmentation.GetNumberOfSegments())]
+        label = labels.next_zero_shot_id(u for u in used if u is not None)
+        return slicer_adapter.add_segment(segmentationNode, name.strip() or labels.label_info(label).display_name,
+                                          label, volumeNode)
+
+    def computeSupervoxels(self, volumeNode, segmentId: Optional[str], *, device="auto", precision="fp32",
+                           samWeights=None, samKind: str = "vit_b", waitForCompletion=True, progress=None,
+                           onDone=None, onError=None):
+        """SAM supervoxels of the whole volume (``segmentId`` None) or around that segment's points;
+        they are used to snap zero-shot segments and shown as an overlay. Returns their number."""
+        from VISTA3DSlicerLib import weights
+        from VISTA3DSlicerLib.supervoxels import build_sam, compute_supervoxels
+
+        editor = VISTA3DSlicerLogic._session.get("editor")
+        if editor is None:
+            raise VISTA3DError(_("Place a point on the structure first; supervoxels are computed for its volume."))
+        box = editor.snap_box(segmentId, SUPERVOXEL_MARGIN) if segmentId else None
+        try:
+            samPath = weights.resolve_sam_weights(samWeights, samKind)
+        except weights.WeightsNotFoundError:
+            source = weights.SAM_SOURCES[samKind]
+            if not self.askToDownload(source):
+                raise
+            samPath = self.downloadWeights(source, progress=progress)
+
+        def work(report, cancel):
+            from VISTA3DSlicerLib.model import resolve_device
+
+            torchDevice = resolve_device(device)
+            sam = build_sam(samKind, str(samPath), torchDevice)
+            supervoxels = compute_supervoxels(sam, editor.session.image, box, device=torchDevice,
+                                              precision=precision, progress=report, cancel=cancel)
+            editor.set_supervoxels(supervoxels)
+            return supervoxels
+
+        def apply(supervoxels) -> int:
+            node = VISTA3DSlicerLogic._session.get("supervoxelNode")
+            if node is None or node.GetScene() is None:
+                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "VISTA3D supervoxels")
+                node.CreateDefaultDisplayNodes()
+                node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeRandom")
+                VISTA3DSlicerLogic._session["supervoxelNode"] = node
+            slicer.util.updateVolumeFromArray(node, supervoxels.array.transpose(2, 1, 0).astype("uint16"))
+            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(supervoxels.affine))
+            node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            return int(supervoxels.array.max())
+
+        return self._run(work, name="Supervoxels", waitForCompletion=waitForCompletion, progress=progress,
+                         onDone=onDone, onError=onError, apply=apply)
+
+    def showSupervoxelBoundaries(self, show: bool) -> None:
+        """Outline the supervoxels in the slice views (or take the outline away)."""
+        node = VISTA3DSlicerLogic._session.get("supervoxelNode")
+        if node is None:
+            return
+        for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
+            sliceNode.SetUseLabelOutline(True)
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            if show:
+                composite.SetLabelVolumeID(node.GetID())
+            elif composite.GetLabelVolumeID() == node.GetID():  # leave the user's own label layer alone
+                composite.SetLabelVolumeID(None)
+
+    # -- export -------------------------------------------------------------------------------
+
+    def export(self, segmentationNode, referenceVolumeNode, path: Union[str, Path], overwrite: bool = False):
+        """Write a segmentation as a labelmap with VISTA3D IDs (.nii.gz, .nrrd or .seg.nrrd) and a
+        CSV colour table with terminology beside it. The segmentation itself is not changed."""
+        from VISTA3DSlicerLib.export import export_segmentation
+
+        if referenceVolumeNode is None:
+            raise VISTA3DError(_("Select the volume the segmentation belongs to (its grid is the labelmap's)."))
+        segments = slicer_adapter.export_segments(segmentationNode, referenceVolumeNode)
+        affine = slicer_adapter.image_from_volume_node(referenceVolumeNode).affine
+        return export_segmentation(segments, affine, path, overwrite=overwrite)
+
+    # -- weights and engine -------------------------------------------------------------------
+
+    @staticmethod
+    def askToDownload(source) -> bool:
+        size = f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB")
+        from VISTA3DSlicerLib.weights import cache_dir
+
+        return slicer.util.confirmOkCancelDisplay(
+            _("The {title} are not on this computer yet. Download them ({size}) from {host} into {folder}?\n\n{licence}")
+            .format(title=source.title, size=size, host=source.host, folder=cache_dir(), licence=source.licence_note))
+
+    def downloadWeights(self, source, *, waitForCompletion=True, progress=None, onDone=None, onError=None):
+        from VISTA3DSlicerLib import weights
+
+        return self._run(lambda report, cancel: weights.download(source, progress=report, cancel=cancel),
+                         name="Download", waitForCompletion=waitForCompletion, progress=progress, onDone=onDone,
+                         onError=onError)
+
+    def _weightsPath(self, weights: Union[str, Path, None], progress: Optional[ProgressCallback]) -> Path:
+        from VISTA3DSlicerLib import weights as weightsLib
+
+        try:
+            return weightsLib.resolve_weights(weights)
+        except weightsLib.WeightsNotFoundError:
+            source = weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE]
+            if not self.askToDownload(source):
+                raise VISTA3DError(_("VISTA3D cannot run without its weights. Download them, or choose a "
+                                     "checkpoint file you already have (Model > Use a file...).")) from None
+            return self.downloadWeights(source, progress=progress)
+
+    @staticmethod
+    def _engine(weightsPath: Path, device: str, precision: str):
+        """The network for (weights, device, precision), loaded once (on the worker thread)."""
+        from VISTA3DSlicerLib.engine import Engine
+
+        key = (str(weightsPath), device, precision)
+        cache = VISTA3DSlicerLogic._engineCache
+        if key not in cache:
+            cache.clear()  # free the previous network before loading the next one
+            cache[key] = Engine.from_weights(weightsPath, device=device, precision=precision)
+        return cache[key]
+
+    def dropEngine(self) -> None:
+        VISTA3DSlicerLogic._engineCache.clear()
+        VISTA3DSlicerLogic._session.clear()
+
+    # -- dependencies -------------------------------------------------------------------------
 
     def installMissingDependencies(self) -> None:
         """Install PyTorch (through the PyTorch extension) and the packages of ``PIP_REQUIREMENTS``
@@ -296,7 +1150,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         ):
             raise VISTA3DError(_("VISTA3D cannot run without these Python packages: {packages}.").format(packages=packages))
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(missing)
+            slicer.util.pip_install(missing)  # on the main thread: pip in a thread crashes Slicer on macOS
         importlib.invalidate_caches()
 
     @staticmethod
@@ -314,48 +1168,13 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             raise VISTA3DError(_("PyTorch was not installed, and VISTA3D cannot run without it."))
 
     @staticmethod
-    def _labelIds(labels: Union[list[Union[str, int]], str, None]) -> Optional[list[int]]:
+    def _labelIds(labelPrompt: Union[list[Union[str, int]], str, None]) -> list[int]:
         """VISTA3D IDs of a prompt; None means everything."""
-        from VISTA3DSlicerLib import labels as labelTable
-
-        if labels is None:
-            return None
-        if isinstance(labels, str):
-            return labelTable.parse_label_prompt(labels)
-        return [labelTable.find_label(label) for label in labels]
-
-    def _engine(self, weights: Union[str, Path, None], device: str, precision: str,
-                progress: Optional[ProgressCallback]):
-        from VISTA3DSlicerLib.engine import Engine
-        from VISTA3DSlicerLib.weights import WeightsNotFoundError, resolve_weights
-
-        try:
-            weightsPath = resolve_weights(weights)
-        except WeightsNotFoundError:
-            weightsPath = self._downloadWeights(progress)
-        key = (str(weightsPath), device, precision)
-        cache = VISTA3DSlicerLogic._engineCache
-        if key not in cache:
-            cache.clear()  # free the previous network before loading the next one
-            cache[key] = Engine.from_weights(weightsPath, device=device, precision=precision)
-        return cache[key]
-
-    @staticmethod
-    def _downloadWeights(progress: Optional[ProgressCallback]) -> Path:
-        from VISTA3DSlicerLib import weights
-
-        source = weights.SOURCES[weights.DEFAULT_SOURCE]
-        if not slicer.util.confirmOkCancelDisplay(
-            _("The VISTA3D weights are not on this computer yet. Download them ({size} MB) from "
-              "{host} into {folder}?\n\n{licence}").format(
-                size=round(source.size / 1e6) if source.size else "~870", host=source.host,
-                folder=weights.cache_dir(), licence=source.licence_note)
-        ):
-            raise VISTA3DError(_(
-                "VISTA3D cannot run without its weights. Download them, or set the VISTA3D_WEIGHTS "
-                "environment variable to a checkpoint file you already have."
-            ))
-        return weights.download(source, progress=progress)
+        if labelPrompt is None:
+            return list(labels.EVERYTHING)
+        if isinstance(labelPrompt, str):
+            return labels.parse_label_prompt(labelPrompt)
+        return [labels.find_label(label) for label in labelPrompt]
 
 
 #
@@ -364,79 +1183,108 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
-    """Self-test: geometry round trip through the adapter and, when weights are found, a real run."""
+    """Self-test in Slicer (``ctest -R py_VISTA3DSlicer``): the adapter's geometry, then a real run
+    with a small random-weights checkpoint (auto segmentation, one + and one − point, undo)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        VISTA3DSlicerLogic().forgetVolume()
 
     def runTest(self):
         self.setUp()
         self.test_adapter_round_trip()
         self.setUp()
-        self.test_segment_two_labels()
+        self.test_segment_correct_and_export()
 
     def test_adapter_round_trip(self):
         """Volume node -> Image -> labelmap -> segmentation keeps voxels, geometry and other segments."""
         import numpy as np
         import SampleData
 
-        from VISTA3DSlicerLib import labels, slicer_adapter
-
         volumeNode = SampleData.downloadSample("CTChest")
-        self.delayDisplay("Loaded CTChest")
-
         image = slicer_adapter.image_from_volume_node(volumeNode)
         self.assertEqual(image.shape, tuple(volumeNode.GetImageData().GetDimensions()))
         ijkToRas = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRas)
         np.testing.assert_allclose(image.affine, slicer.util.arrayFromVTKMatrix(ijkToRas))
-        i, j, k = (n // 3 for n in image.shape)
-        self.assertEqual(image.array[i, j, k], volumeNode.GetImageData().GetScalarComponentAsDouble(i, j, k, 0))
 
-        # Two boxes in different corners: any axis swap or flip moves them.
         liver, spleen = labels.find_label("liver"), labels.find_label("spleen")
         labelmap = np.zeros(image.shape, np.uint8)
         labelmap[5:40, 10:30, 3:9] = liver
         labelmap[-50:-20, -35:-25, -12:-4] = spleen
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         manualId = segmentationNode.GetSegmentation().AddEmptySegment("", "drawn by hand")
-
         segmentIds = slicer_adapter.labelmap_to_segmentation(image.with_array(labelmap), segmentationNode, volumeNode)
         self.assertEqual(len(segmentIds), 2)
-        segmentation = segmentationNode.GetSegmentation()
         for segmentId, label in zip(segmentIds, (liver, spleen)):
-            self.assertEqual(segmentation.GetSegment(segmentId).GetName(), labels.label_info(label).display_name)
-            voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-            np.testing.assert_array_equal(voxels.transpose(2, 1, 0) > 0, labelmap == label)
+            np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode),
+                                          labelmap == label)
+            self.assertEqual(slicer_adapter.segment_label(segmentationNode, segmentId), label)
 
-        # A new liver result replaces the liver segment only.
-        labelmap[:] = 0
-        labelmap[60:70, 60:70, 10:12] = liver
-        rewritten = slicer_adapter.labelmap_to_segmentation(image.with_array(labelmap), segmentationNode, volumeNode)
-        self.assertEqual(rewritten, segmentIds[:1])
-        self.assertEqual(segmentation.GetNumberOfSegments(), 3)
-        self.assertIsNotNone(segmentation.GetSegment(manualId))
-        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentIds[0], volumeNode)
-        np.testing.assert_array_equal(voxels.transpose(2, 1, 0) > 0, labelmap == liver)
+        # Rewriting a region touches only that region of that segment.
+        mask = labelmap == liver
+        mask[60:70, 60:70, 10:12] = True
+        region = (slice(60, 70), slice(60, 70), slice(10, 12))
+        slicer_adapter.write_segment_region(segmentationNode, segmentIds[0], mask, region, volumeNode)
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentIds[0], volumeNode), mask)
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentIds[1], volumeNode),
+                                      labelmap == spleen)
+        self.assertIsNotNone(segmentationNode.GetSegmentation().GetSegment(manualId))
         self.delayDisplay("Adapter round trip passed")
 
-    def test_segment_two_labels(self):
-        """A real two-class run, only where the VISTA3D weights are already on this computer."""
+    def test_segment_correct_and_export(self):
+        """Auto segmentation, a + and a − point, undo and export, with a small random network: the
+        segment in Slicer must equal what the library computes for the same points."""
+        import tempfile
+
+        import numpy as np
         import SampleData
+        import torch
 
-        from VISTA3DSlicerLib import labels
-        from VISTA3DSlicerLib.weights import WeightsNotFoundError, resolve_weights
+        from VISTA3DSlicerLib.engine import Engine
+        from VISTA3DSlicerLib.interactive import Session
+        from VISTA3DSlicerLib.model import ModelSpec, build_network
 
-        try:
-            resolve_weights()
-        except WeightsNotFoundError as error:
-            logging.info("Skipping the VISTA3D inference test, no weights found: %s", error)
-            return
-
+        logic = VISTA3DSlicerLogic()
+        logic.installMissingDependencies()
         volumeNode = SampleData.downloadSample("CTChest")
-        prompt = ["aorta", "trachea"]  # both in any chest CT
-        segmentationNode = VISTA3DSlicerLogic().segment(volumeNode, prompt)
+        folder = Path(tempfile.mkdtemp())
+        torch.manual_seed(0)
+        network = build_network(ModelSpec(embed_dim=16, blocks_down=(1, 1, 1, 1, 1))).eval()
+        checkpoint = folder / "small_model.pt"
+        torch.save(network.state_dict(), checkpoint)
+
+        segmentationNode = logic.segment(volumeNode, ["aorta", "trachea"], weights=checkpoint, device="cpu")
+        image = slicer_adapter.image_from_volume_node(volumeNode)
+        expected = Engine(network).segment(image, [6, 57])
         segmentation = segmentationNode.GetSegmentation()
-        names = sorted(segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments()))
-        self.assertEqual(names, sorted(labels.label_info(labels.find_label(name)).display_name for name in prompt))
-        self.delayDisplay("VISTA3D segmentation test passed")
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            label = slicer_adapter.segment_label(segmentationNode, segmentId)
+            self.assertEqual(segmentation.GetSegment(segmentId).GetName(), labels.label_info(label).display_name)
+            np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode),
+                                          expected.array == label)
+        self.delayDisplay("Automatic segmentation matches the library")
+
+        segmentId = segmentation.GetNthSegmentID(0)
+        label = slicer_adapter.segment_label(segmentationNode, segmentId)
+        before = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
+        centre = np.array(image.shape) // 2
+        positive, negative = logic.pointListNode(True), logic.pointListNode(False)
+        positive.AddControlPoint(image.index_to_ras(centre.astype(float)))
+        negative.AddControlPoint(image.index_to_ras((centre + [12, 0, 2]).astype(float)))
+        changed = logic.updateSegmentFromPoints(volumeNode, segmentationNode, segmentId, positive, negative,
+                                                weights=checkpoint, device="cpu")
+        after = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
+        structure = Session(Engine(network), image).structure(label, mask=before)
+        reference = structure.add_clicks([(centre, True), (centre + [12, 0, 2], False)]).mask
+        np.testing.assert_array_equal(after, reference)
+        self.assertEqual(changed, not np.array_equal(before, after))
+        self.delayDisplay("Points match the library")
+
+        logic.stepHistory("undo", volumeNode, segmentationNode, segmentId)
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode), before)
+
+        result = logic.export(segmentationNode, volumeNode, folder / "result.seg.nrrd")
+        self.assertTrue(result.labelmap_path.is_file() and result.colour_table_path.is_file())
+        self.delayDisplay("VISTA3D self-test passed")

@@ -123,6 +123,25 @@ def test_module_imports_only_what_slicer_has_at_start_up():
     assert result.returncode == 0, result.stderr
 
 
+def test_importing_the_whole_library_loads_no_torch_or_monai():
+    """Slicer imports the module (and so the library) at every start-up: with torch and monai
+    installed, importing every VISTA3DSlicerLib module must still not load them."""
+    script = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        sys.path.insert(0, {str(MODULE_DIR)!r})
+        import VISTA3DSlicerLib
+        names = [m.name for m in pkgutil.iter_modules(VISTA3DSlicerLib.__path__)]
+        for name in names:
+            importlib.import_module("VISTA3DSlicerLib." + name)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "monai", "segment_anything"))
+        print(len(names), heavy)
+        assert not heavy, heavy
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[0]) >= 15  # every module was really imported
+
+
 def test_import_walk_sees_nested_and_submodule_imports():
     tree = ast.parse(textwrap.dedent("""
         import os

@@ -147,6 +147,11 @@ class ClickEditor:
         self._structures.pop(segment_id, None)
         self._shown.pop(segment_id, None)
 
+    def forget_all(self) -> None:
+        """Drop every segment's points and history (a run rewrote the segments)."""
+        self._structures.clear()
+        self._shown.clear()
+
     # -- supervoxels ----------------------------------------------------------------------------
 
     def set_supervoxels(self, supervoxels: Optional[Image]) -> None:
