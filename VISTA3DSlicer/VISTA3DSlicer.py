@@ -155,7 +155,9 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VISTA3DSlicer.ui"))
+        # labels.resources_dir finds Resources/ both in an installed extension (beside the module)
+        # and in a checkout added as a module path (the repository's top level).
+        uiWidget = slicer.util.loadUI(str(labels.resources_dir() / "UI" / "VISTA3DSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
