@@ -772,9 +772,11 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def _run(self, function: Callable, *, name: str, key: Optional[str] = None, waitForCompletion: bool = True,
              progress: Optional[ProgressCallback] = None, onDone: Optional[Callable] = None,
-             onError: Optional[Callable] = None, apply: Optional[Callable] = None):
+             onError: Optional[Callable] = None, apply: Optional[Callable] = None,
+             cancel: Optional[CancelToken] = None):
         """Run ``function(progress, cancel)`` on the worker; ``apply(result)`` then runs on the main
-        thread (MRML writes) and its value is the job's result for ``onDone`` / the caller."""
+        thread (MRML writes) and its value is the job's result for ``onDone`` / the caller.
+        Waiting, Slicer stays responsive and ``cancel`` (if given) stops the job."""
         outcome = {}
 
         def done(result) -> None:
@@ -791,7 +793,12 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         job = self.worker().submit(function, name=name, key=key, on_progress=progress, on_done=done, on_error=onError)
         if not waitForCompletion:
             return job
-        job.wait(pump=slicer.app.processEvents)
+        def pump() -> None:
+            if cancel is not None and cancel.cancelled:
+                job.cancel()
+            slicer.app.processEvents()
+
+        job.wait(pump=pump)
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("value")
@@ -810,6 +817,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         replaceExisting: Optional[bool] = None,
         waitForCompletion: bool = True,
         progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
         onDone: Optional[Callable] = None,
         onError: Optional[Callable] = None,
     ):
@@ -843,7 +851,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             return target
 
         return self._run(work, name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
-                         progress=progress, onDone=onDone, onError=onError, apply=apply)
+                         progress=progress, onDone=onDone, onError=onError, apply=apply, cancel=cancel)
 
     def segmentVolumes(self, volumeNodes: list, labelPrompt, *, progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None, **options):
@@ -852,15 +860,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         from VISTA3DSlicerLib.batch import run_batch
 
         def process(volumeNode, report, token):
-            job = self.segment(volumeNode, labelPrompt, None, waitForCompletion=False, progress=report, **options)
-
-            def pump() -> None:  # keeps Slicer responsive, and Cancel stops the volume's run
-                if token.cancelled:
-                    job.cancel()
-                slicer.app.processEvents()
-
-            job.wait(pump=pump)
-            return None
+            self.segment(volumeNode, labelPrompt, None, progress=report, cancel=token, **options)
 
         return run_batch(volumeNodes, process, name=lambda node: node.GetName(), progress=progress, cancel=cancel)
 
