@@ -252,7 +252,7 @@ def _search_texts() -> dict[str, tuple[str, frozenset[str]]]:
         parts = [node.title]
         if node.label_id is not None:
             parts.append(labels.label_info(node.label_id).name)
-        text = labels._normalise(" ".join(parts))  # find_label's normalisation, so search and prompts agree
+        text = labels.normalise_name(" ".join(parts))  # find_label's normalisation, so search and prompts agree
         texts[key] = (text, frozenset(text.split()))
     return texts
 
@@ -277,7 +277,7 @@ def matching_keys(query: str) -> set[str]:
     or group whose title matches is shown whole; every shown node's ancestors are shown, so
     the tree stays navigable. An empty query shows everything.
     """
-    words = labels._normalise(query).split()
+    words = labels.normalise_name(query).split()
     if not words:
         return set(_nodes_by_key())
     shown: set[str] = set()

@@ -179,7 +179,7 @@ def _code(row: Mapping[str, str | None], part: str) -> Code | None:
     return Code(scheme, value, meaning)
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
     """Lower case, '_' as ' ', runs of whitespace as one space: how names are compared."""
     return " ".join(name.replace("_", " ").lower().split())
 
@@ -293,8 +293,8 @@ def _names() -> dict[str, int]:
     """Normalised VISTA3D names and display names -> ID."""
     names: dict[str, int] = {}
     for info in label_table().values():
-        names[_normalise(info.name)] = info.id
-        names.setdefault(_normalise(info.display_name), info.id)
+        names[normalise_name(info.name)] = info.id
+        names.setdefault(normalise_name(info.display_name), info.id)
     return names
 
 
@@ -307,7 +307,7 @@ def find_label(name_or_id: str | int) -> int:
         text = name_or_id.strip()
         if text.isdigit():
             return find_label(int(text))
-        key = _normalise(text)
+        key = normalise_name(text)
         names = _names()
         if key in names:
             return names[key]
@@ -347,7 +347,7 @@ def parse_label_prompt(text: str) -> list[int]:
         raise VISTA3DError('The label prompt is empty: give names or IDs separated by commas, or "everything".')
     ids: list[int] = []
     for item in items:
-        ids.extend(EVERYTHING if _normalise(item) == "everything" else (find_label(item),))
+        ids.extend(EVERYTHING if normalise_name(item) == "everything" else (find_label(item),))
     return list(dict.fromkeys(ids))
 
 
