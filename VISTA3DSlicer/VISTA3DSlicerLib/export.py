@@ -220,13 +220,13 @@ def write_colour_table(infos: Iterable[LabelInfo], path: str | os.PathLike, *, o
             writer.writeheader()
             writer.writerows(colour_table_rows(infos))
 
-    return io._write_atomically(path, ".csv", overwrite, write)
+    return io.write_atomically(path, ".csv", overwrite, write)
 
 
 def colour_table_path_for(labelmap_path: str | os.PathLike) -> Path:
     """The colour table written beside a labelmap: ``x.nii.gz``, ``x.nrrd``, ``x.seg.nrrd`` -> ``x.csv``."""
     path = Path(labelmap_path)
-    extension = io._labelmap_extension(path)
+    extension = io.labelmap_extension(path)
     return path.with_name(path.name[: -len(extension)] + ".csv")
 
 

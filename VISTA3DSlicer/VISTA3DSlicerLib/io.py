@@ -233,7 +233,7 @@ def write_labelmap(
     label's entry; the other formats hold no names. Returns the path written.
     """
     path = Path(path)
-    extension = _labelmap_extension(path)
+    extension = labelmap_extension(path)
     array = _labelmap_uint8(labelmap.array, path)
     uint8_labelmap = Image(array, labelmap.affine)
 
@@ -244,13 +244,13 @@ def write_labelmap(
         def write(temporary: Path) -> None:
             _write_compressed(uint8_labelmap, temporary)
 
-    return _write_atomically(path, extension, overwrite, write)
+    return write_atomically(path, extension, overwrite, write)
 
 
 def write_supervoxels(supervoxels: Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a supervoxel map (labels 0..N, N may pass 255) as NIfTI, NRRD or MHA, on its exact grid."""
     path = Path(path)
-    extension = _labelmap_extension(path)
+    extension = labelmap_extension(path)
     if extension == ".seg.nrrd":
         raise VISTA3DError(f"Cannot write supervoxels to {path}: use .nii.gz, .nrrd or .mha (one label per supervoxel).")
     array = np.asarray(supervoxels.array)
@@ -258,7 +258,7 @@ def write_supervoxels(supervoxels: Image, path: str | os.PathLike, *, overwrite:
         raise VISTA3DError(f"Cannot write {path}: supervoxel labels must be whole numbers from 0.")
     dtype = np.uint16 if not array.size or array.max() <= np.iinfo(np.uint16).max else np.uint32
     labels = Image(array.astype(dtype, copy=False), supervoxels.affine)
-    return _write_atomically(path, extension, overwrite, lambda temporary: _write_compressed(labels, temporary))
+    return write_atomically(path, extension, overwrite, lambda temporary: _write_compressed(labels, temporary))
 
 
 def _write_compressed(image: Image, path: Path) -> None:
@@ -270,7 +270,7 @@ def _write_compressed(image: Image, path: Path) -> None:
     writer.Execute(image_to_sitk(image))
 
 
-def _labelmap_extension(path: Path) -> str:
+def labelmap_extension(path: Path) -> str:
     name = path.name.lower()
     for extension in LABELMAP_EXTENSIONS:
         if name.endswith(extension):
@@ -341,7 +341,7 @@ def _write_segmentation(labelmap: Image, path: Path, overrides: Mapping[int, "La
     slicerio.write_segmentation(str(path), segmentation, compression_level=1)
 
 
-def _write_atomically(path: Path, extension: str, overwrite: bool, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: Path, extension: str, overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Run ``write`` on a temporary file next to ``path``, then rename it to ``path``.
 
     The temporary name keeps ``extension`` because the writers pick the format from it; it is
@@ -431,7 +431,7 @@ def write_preview_png(image: Image, labelmap: Image, path: str | os.PathLike, *,
     def write(temporary: Path) -> None:
         canvas.save(temporary, format="PNG")
 
-    return _write_atomically(path, ".png", overwrite, write)
+    return write_atomically(path, ".png", overwrite, write)
 
 
 def _to_ras_canonical(volume: np.ndarray, labels: np.ndarray, affine: np.ndarray):
