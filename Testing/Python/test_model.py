@@ -88,3 +88,19 @@ def test_devices_and_precisions():
         autocast(cpu, "int8")
     with autocast(cpu, "bf16"):
         assert torch.matmul(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_describe_device_names_the_cpu_and_refuses_a_missing_gpu_without_raising(monkeypatch):
+    import torch
+
+    from VISTA3DSlicerLib.model import describe_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert describe_device("cpu").startswith("CPU: minutes per volume")
+    assert describe_device("auto").startswith("No GPU found: CPU")
+    assert "no CUDA GPU" in describe_device("cuda")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (21.3 * 2**30, 24 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA RTX 4090")
+    assert describe_device("auto") == "NVIDIA RTX 4090, 21.3 of 24.0 GB free"
