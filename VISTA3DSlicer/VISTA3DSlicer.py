@@ -532,13 +532,16 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not (parameters and parameters.inputVolume and segmentId):
             self.ui.interactiveStatusLabel.text = _("Choose the segment to correct first.")
             return
-        self.logic.installMissingDependencies()
         self.logic.snapFraction = parameters.snapFraction
-        self.logic.updateSegmentFromPoints(
-            parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
-            self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
-            weights=self._chosenWeights("vista3d"), waitForCompletion=False, progress=self._showProgress,
-            onDone=self._onPointsApplied, onError=self._onPointsRefused)
+        try:  # a slot: what fails here must reach the panel, not only the console
+            self.logic.installMissingDependencies()
+            self.logic.updateSegmentFromPoints(
+                parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
+                self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
+                weights=self._chosenWeights("vista3d"), waitForCompletion=False, progress=self._showProgress,
+                onDone=self._onPointsApplied, onError=self._onPointsRefused)
+        except Exception as error:
+            self._onPointsRefused(error)
 
     def _onPointsApplied(self, changed) -> None:
         self.ui.interactiveStatusLabel.text = _("Segment updated.") if changed else _("The points changed nothing.")
@@ -565,9 +568,13 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._settingPoints = False
 
     def onHistory(self, which: str) -> None:
-        self.logic.stepHistory(
-            which, self._parameterNode.inputVolume, self.ui.targetSegmentSelector.currentNode(), self._targetSegmentId(),
-            waitForCompletion=False, onDone=self._onPointsApplied, onError=self._onPointsRefused)
+        try:
+            self.logic.stepHistory(
+                which, self._parameterNode.inputVolume, self.ui.targetSegmentSelector.currentNode(),
+                self._targetSegmentId(), waitForCompletion=False, onDone=self._onPointsApplied,
+                onError=self._onPointsRefused)
+        except Exception as error:
+            self._onPointsRefused(error)
 
     def onClearPoints(self) -> None:
         self._settingPoints = True
