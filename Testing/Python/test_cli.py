@@ -295,3 +295,29 @@ def test_sam_weights_path_says_how_to_get_them(capsys, monkeypatch):
     monkeypatch.delenv("VISTA3D_SAM_WEIGHTS", raising=False)
     code, _, err = run(capsys, "weights", "path", "--model", "sam_vit_b")
     assert code == 1 and "vista3d weights download --model sam_vit_b" in err
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's CUDA out-of-memory error, which the command line recognises by name."""
+
+
+@pytest.mark.parametrize("error, message, status", [
+    (MemoryError(), "out of memory. Segment fewer --labels", 1),
+    (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory", 1),
+    (PermissionError(13, "Permission denied", "/data/out"), "Permission denied (/data/out). Check", 1),
+    (ZeroDivisionError("division by zero"), "unexpected ZeroDivisionError: division by zero. This is a bug", 2),
+])
+def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch, error, message, status):
+    import VISTA3DSlicerLib.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_labels", fail)
+    assert main(["labels"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+    assert main(["-v", "labels"]) == status  # -v adds the traceback for a bug report
+    assert "Traceback" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """The ``vista3d`` command line: segment, batch, labels, weights, bench.
 
 Every failure the user can fix is a ``VISTA3DError``; it is printed as one line starting
-with ``error:`` and the command exits with status 1 (no traceback). Outputs are checked
-before the model is loaded, so a refused overwrite costs nothing.
+with ``error:`` and the command exits with status 1 (no traceback). Running out of memory and
+system errors (a full disk, a folder without write permission) get one line with what to do, too.
+Anything else is a bug: one line asking for a report, exit status 2, and the traceback with
+``-v``. Outputs are checked before the model is loaded, so a refused overwrite costs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import glob
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -41,6 +44,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except Exception as error:
+        return _report_unexpected(error, args.verbose)
+
+
+def _report_unexpected(error: Exception, verbose: bool) -> int:
+    """One line for an error that is not a ``VISTA3DError``; the traceback only with ``-v``."""
+    if verbose:
+        traceback.print_exc()
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's CUDA OOM
+        print("error: out of memory. Segment fewer --labels, crop the volume, use --precision bf16 (CPU) or "
+              "fp16 (GPU), or run on a machine with more memory (--device cpu if the GPU is the one too small).",
+              file=sys.stderr)
+        return 1
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}. Check that the path exists, that you may write there "
+              "and that the disk has room.", file=sys.stderr)
+        return 1
+    print(f"error: unexpected {type(error).__name__}: {error}. This is a bug in vista3d: please report it with "
+          "the output of the same command run with -v.", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
