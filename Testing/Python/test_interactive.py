@@ -157,6 +157,28 @@ def test_moving_or_removing_a_click_equals_placing_the_final_clicks(crop_session
     assert np.array_equal(edited.undo().mask, removed_edit.mask) and edited.clicks == [moved]
 
 
+def test_duplicate_conflicting_and_negative_only_clicks(crop_session):
+    from VISTA3DSlicerLib.interactive import Click
+
+    empty = np.zeros(crop_session.image.shape, dtype=bool)
+    once = crop_session.structure(None, mask=empty).set_clicks([Click((35, 30, 15))]).mask
+    twice = crop_session.structure(None, mask=empty)
+    assert np.array_equal(twice.set_clicks([Click((35, 30, 15)), Click((35, 30, 15))]).mask, once)
+    assert twice.clicks == [Click((35, 30, 15))]
+
+    with pytest.raises(VISTA3DError, match="both a positive and a negative"):
+        twice.set_clicks([Click((35, 30, 15)), Click((35.2, 30, 14.9), positive=False)])
+    with pytest.raises(VISTA3DError, match="only negative clicks"):
+        crop_session.structure(None, mask=empty).set_clicks([Click((35, 30, 15), positive=False)])
+    with pytest.raises(VISTA3DError, match="only negative clicks"):
+        crop_session.structure(140, mask=empty).set_clicks([Click((35, 30, 15), positive=False)])
+    assert twice.clicks == [Click((35, 30, 15))]  # the refusals changed nothing
+
+    drawn = empty.copy()
+    drawn[30:40, 25:35, 12:18] = True  # a negative click may carve a drawn structure
+    crop_session.structure(None, mask=drawn).set_clicks([Click((35, 30, 15), positive=False)])
+
+
 def test_edit_reports_the_changed_box(crop_session):
     structure = crop_session.structure(None, mask=np.zeros(crop_session.image.shape, bool))
     before = structure.mask.copy()

@@ -468,8 +468,13 @@ class Structure:
 
         Clicks are voxel indices of the input grid (``Session.to_index`` makes them from RAS and
         refuses those outside the volume). No clicks gives the mask from before the first click.
+        A click given twice counts once (a double click is not a stronger click; the reference
+        would add its window twice). Refused, changing nothing: a positive and a negative click on
+        the same voxel, and only negative clicks on an empty structure without a class (there is
+        nothing for them to remove).
         """
-        clicks = tuple(Click(self.session.to_index(click.index), click.positive) for click in clicks)
+        clicks = tuple(dict.fromkeys(Click(self.session.to_index(click.index), click.positive) for click in clicks))
+        self._check_clicks(clicks)
         if clicks:
             computed, inside = self.session.compute(
                 self.label, list(clicks), self.initial_mask, progress=progress, cancel=cancel
@@ -487,6 +492,21 @@ class Structure:
         self._done.append(step)
         self._undone.clear()
         return self._apply(region, step.after)
+
+    def _check_clicks(self, clicks: Sequence[Click]) -> None:
+        polarity: dict[tuple[int, ...], bool] = {}
+        for click in clicks:
+            voxel = tuple(int(round(v)) for v in click.index)
+            if polarity.setdefault(voxel, click.positive) != click.positive:
+                raise VISTA3DError(
+                    f"Voxel {voxel} has both a positive and a negative click: remove one of them."
+                )
+        has_class = self.label is not None and self.label in label_table.SUPPORTED
+        if clicks and not any(click.positive for click in clicks) and not has_class and not self.initial_mask.any():
+            raise VISTA3DError(
+                "There are only negative clicks, on a structure that is empty: they have nothing to remove. "
+                "Add a positive click on the structure."
+            )
 
     def undo(self) -> Edit:
         """Take the last step of clicks back: the mask returns exactly to what it was before it."""
