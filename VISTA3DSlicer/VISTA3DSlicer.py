@@ -36,7 +36,8 @@ from slicer.util import VTKObservationMixin
 from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS
-from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, ct_warning, weights_status
+from VISTA3DSlicerLib.io import ct_warning
+from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, weights_status
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
 

@@ -321,3 +321,12 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch, e
 
     assert main(["-v", "labels"]) == status  # -v adds the traceback for a bug report
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_volume_that_is_not_ct_gets_a_warning(capsys, tmp_path, example_ct, small_checkpoint):
+    mr = example_ct.with_name("example_mr_sm.nii.gz")
+    out = tmp_path / "mr_labels.nii.gz"
+    status = main(["segment", str(mr), "-o", str(out), "--labels", "liver", "--weights", str(small_checkpoint)])
+    err = capsys.readouterr().err
+    assert "warning: example_mr_sm.nii.gz: This does not look like a CT" in err
+    assert status == 0 and out.is_file()  # a warning, not a refusal: the run goes on

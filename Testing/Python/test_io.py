@@ -613,3 +613,15 @@ def test_preview_of_real_ct(tmp_path):
     assert 300 < png.shape[0] < 460 and png.shape[1] > 900
     coloured = (np.ptp(png, axis=2) > 20).mean()  # label colours are blended in: not all grey
     assert 0.05 < coloured < 0.5
+
+
+def test_ct_warning_passes_a_ct_and_flags_mr_and_raw_values(example_ct):
+    from VISTA3DSlicerLib.io import ct_warning, read_image
+
+    ct = read_image(example_ct)
+    assert ct_warning(ct) is None
+    mr = read_image(example_ct.with_name("example_mr_sm.nii.gz"))
+    assert "does not look like a CT" in ct_warning(mr)
+    raw = ct.with_array(ct.array.astype(np.int32) + 33024)  # raw values far above any Hounsfield unit
+    assert "Hounsfield" in ct_warning(raw)
+    assert "no finite" in ct_warning(ct.with_array(np.full(ct.shape, np.nan, np.float32)))

@@ -1,4 +1,4 @@
-"""The panel's logic without Slicer: the CT check, points -> engine -> changed region, undo/redo,
+"""The panel's logic without Slicer: points -> engine -> changed region, undo/redo,
 refused points, snapping of zero-shot segments, and the weights row."""
 
 from __future__ import annotations
@@ -11,20 +11,7 @@ from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.interactive import Session
 from VISTA3DSlicerLib.io import read_image
-from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, ct_warning, weights_status
-
-# ------------------------------------------------------------------------------------- CT check
-
-
-def test_ct_warning_passes_a_ct_and_flags_mr_and_raw_values(example_ct):
-    ct = read_image(example_ct)
-    assert ct_warning(ct) is None
-    mr = read_image(example_ct.with_name("example_mr_sm.nii.gz"))
-    assert "does not look like a CT" in ct_warning(mr)
-    raw = ct.with_array(ct.array.astype(np.int32) + 33024)  # stored without its -1024 intercept... and more
-    assert "Hounsfield" in ct_warning(raw)
-    assert "no finite" in ct_warning(ct.with_array(np.full(ct.shape, np.nan, np.float32)))
-
+from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, weights_status
 
 # ----------------------------------------------------------------------------------- the clicks
 

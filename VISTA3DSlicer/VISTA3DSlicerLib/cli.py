@@ -17,11 +17,14 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from .batch import BatchResult, run_batch
 from .errors import Cancelled, VISTA3DError
 from .progress import CancelToken, ProgressCallback
+
+if TYPE_CHECKING:
+    from .geometry import Image
 
 #: Label value of a structure defined by clicks alone (no class): the first ID after VISTA3D's classes,
 #: so that the output never claims a class it was not segmented as.
@@ -218,7 +221,7 @@ class _ClickAction(argparse.Action):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .io import read_image, write_labelmap, write_preview_png
+    from .io import write_labelmap, write_preview_png
 
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else None
@@ -233,7 +236,7 @@ def _segment(args: argparse.Namespace) -> int:
             with _progress_bar(Path(args.image).name) as progress:
                 return engine.segment(image, label_ids, progress=progress)
 
-    image = read_image(args.image)
+    image = _read_ct(args.image)
     engine = _engine(args)
     labelmap = run(image, engine)
     write_labelmap(labelmap, output, overwrite=args.overwrite)
@@ -280,12 +283,12 @@ def _sam(args: argparse.Namespace):
 
 
 def _supervoxels(args: argparse.Namespace) -> int:
-    from .io import read_image, write_supervoxels
+    from .io import write_supervoxels
     from .supervoxels import compute_supervoxels, parse_roi
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
-    image = read_image(args.image)
+    image = _read_ct(args.image)
     roi = parse_roi(args.roi, image.shape) if args.roi else None
     sam, device = _sam(args)
     with _progress_bar(Path(args.image).name) as progress:
@@ -303,7 +306,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .interactive import Session
-    from .io import read_image, write_labelmap
+    from .io import write_labelmap
     from .labels import ZERO_SHOT_IDS, label_info
     from .supervoxels import compute_supervoxels, snap, snap_roi
 
@@ -315,7 +318,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
         raise VISTA3DError("Give at least one click: --point i,j,k on the structure.")
     if args.snap is not None and not 0 < args.snap <= 1:
         raise VISTA3DError(f"--snap {args.snap}: give a fraction in (0, 1], e.g. 0.5.")
-    image = read_image(args.image)
+    image = _read_ct(args.image)
     sam, sam_device = _sam(args) if args.snap is not None else (None, None)  # a missing SAM file fails now
     engine = _engine(args)
     with _progress_bar(Path(args.image).name) as progress:
@@ -337,6 +340,18 @@ def _zeroshot(args: argparse.Namespace) -> int:
     )
     print(f"Wrote {output}")
     return 0
+
+
+def _read_ct(path) -> "Image":
+    """The image, with a warning on stderr when it does not look like a CT: VISTA3D is a CT model,
+    and on MR or unscaled values it gives confident nonsense."""
+    from .io import ct_warning, read_image
+
+    image = read_image(path)
+    warning = ct_warning(image)
+    if warning:
+        print(f"warning: {Path(path).name}: {warning}", file=sys.stderr)
+    return image
 
 
 def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
@@ -385,7 +400,7 @@ def _progress_bar(desc: str) -> Iterator[ProgressCallback]:
 def _batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io import read_image, write_labelmap, write_preview_png
+    from .io import write_labelmap, write_preview_png
 
     cases = list(_find_cases(args.inputs))
     if not cases:
@@ -409,7 +424,7 @@ def _batch(args: argparse.Namespace) -> int:
     def process(source: Path, progress: ProgressCallback, cancel: CancelToken) -> None:
         nonlocal engine, load_error
         name = _case_name(source)
-        image = read_image(source)
+        image = _read_ct(source)
         if engine is None:
             try:
                 engine = _engine(args)
