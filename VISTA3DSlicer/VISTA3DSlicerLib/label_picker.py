@@ -262,7 +262,7 @@ def _matches(node: TreeNode, words: Sequence[str]) -> bool:
     its name, so "26" finds hepatic tumor alone and "rib 1" finds rib 1 but not rib 10."""
     text, tokens = _search_texts()[node.key]
     for word in words:
-        if word.isdigit():
+        if word.isascii() and word.isdigit():  # "²" is a digit to str.isdigit, not to int()
             if int(word) != node.label_id and word not in tokens:
                 return False
         elif word not in text:

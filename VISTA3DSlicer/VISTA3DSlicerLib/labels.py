@@ -299,13 +299,14 @@ def _names() -> dict[str, int]:
 
 
 _ZERO_SHOT_NAME = re.compile(r"zero-shot structure (\d+)")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def find_label(name_or_id: str | int) -> int:
     """The ID of a label given by name (VISTA3D or display name, any case, '_' as ' ') or ID 1..254."""
     if isinstance(name_or_id, str):
         text = name_or_id.strip()
-        if text.isdigit():
+        if _INTEGER.fullmatch(text):  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
             return find_label(int(text))
         key = normalise_name(text)
         names = _names()
