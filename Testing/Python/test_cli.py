@@ -330,3 +330,11 @@ def test_a_volume_that_is_not_ct_gets_a_warning(capsys, tmp_path, example_ct, sm
     err = capsys.readouterr().err
     assert "warning: example_mr_sm.nii.gz: This does not look like a CT" in err
     assert status == 0 and out.is_file()  # a warning, not a refusal: the run goes on
+
+
+def test_batch_inputs_leave_out_hidden_files_such_as_an_interrupted_write(tmp_path):
+    from VISTA3DSlicerLib.cli import _find_cases
+
+    for name in ("case_a.nii.gz", ".case_a.nii.gz.0123abcd.tmp.nii.gz", "labels.seg.nrrd", "notes.txt", "case_b.nrrd"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in _find_cases(str(tmp_path))] == ["case_a.nii.gz", "case_b.nrrd"]

@@ -457,6 +457,8 @@ def _find_cases(pattern: str) -> Iterator[Path]:
     folder = Path(pattern)
     candidates = sorted(folder.iterdir()) if folder.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
     for path in candidates:
+        if path.name.startswith("."):  # hidden: among them an interrupted write's temporary file
+            continue
         if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.endswith(".seg.nrrd"):
             yield path
         elif path.is_dir() and _holds_dicom_series(path):
