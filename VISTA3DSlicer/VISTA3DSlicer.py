@@ -432,7 +432,6 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onSegmented(self, segmentationNode) -> None:
         self._finishJob()
         self._parameterNode.outputSegmentation = segmentationNode
-        segmentationNode.CreateClosedSurfaceRepresentation()
         self.ui.statusLabel.text = _("Done: {count} segments in '{name}'.").format(
             count=segmentationNode.GetSegmentation().GetNumberOfSegments(), name=segmentationNode.GetName())
 
@@ -1281,8 +1280,8 @@ class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
         before = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
         centre = np.array(image.shape) // 2
         positive, negative = logic.pointListNode(True), logic.pointListNode(False)
-        positive.AddControlPoint(image.index_to_ras(centre.astype(float)))
-        negative.AddControlPoint(image.index_to_ras((centre + [12, 0, 2]).astype(float)))
+        positive.AddControlPoint(image.index_to_ras(centre.astype(float)).tolist())
+        negative.AddControlPoint(image.index_to_ras((centre + [12, 0, 2]).astype(float)).tolist())
         changed = logic.updateSegmentFromPoints(volumeNode, segmentationNode, segmentId, positive, negative,
                                                 weights=checkpoint, device="cpu")
         after = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)

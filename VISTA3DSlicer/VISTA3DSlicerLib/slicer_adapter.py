@@ -286,7 +286,7 @@ def set_markups_points(markups_node, points: list[tuple[float, float, float]], v
     try:
         markups_node.RemoveAllControlPoints()
         for point in points:
-            markups_node.AddControlPointWorld(volume_to_world.TransformPoint(point))
+            markups_node.AddControlPointWorld(list(volume_to_world.TransformPoint(point)))
     finally:
         markups_node.EndModify(was_modifying)
 
