@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+from typing import Callable
+
 import pytest
 import torch
 
@@ -58,6 +63,73 @@ def test_not_a_vista3d_checkpoint(tmp_path):
     torch.save({"conv.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(VISTA3DError, match="not a VISTA3D checkpoint"):
         load_network(path)
+
+
+CONV_INIT = "image_encoder.encoder.conv_init.weight"
+
+
+def _replace(name: str, tensor: torch.Tensor) -> Callable[[dict], dict]:
+    return lambda state: {**state, name: tensor}
+
+
+def _convert(convert: Callable[[torch.Tensor], torch.Tensor], only: str | None = None) -> Callable[[dict], dict]:
+    return lambda state: {k: convert(v) if only in (None, k) else v for k, v in state.items()}
+
+
+#: Damaged or foreign state dicts: (how to make it from a good one, what the message says).
+BAD_STATE_DICTS = {
+    "scalar conv_init": (_replace(CONV_INIT, torch.tensor(1.0)), r"conv_init.weight has shape \(\)"),
+    "2-D conv_init": (_replace(CONV_INIT, torch.zeros(16, 1)), r"conv_init.weight has shape \(16, 1\)"),
+    "conv_init without filters": (_replace(CONV_INIT, torch.zeros(0, 1, 3, 3, 3)), r"shape \(0, 1, 3, 3, 3\)"),
+    "filters MONAI cannot build": (_replace(CONV_INIT, torch.zeros(12, 1, 3, 3, 3)),
+                                   "no VISTA3D network has 12 filters"),
+    "no encoder blocks": (lambda state: {k: v for k, v in state.items() if ".encoder.layers." not in k},
+                          r"no image_encoder\.encoder\.layers\.\*\.blocks"),
+    "int64 tensors": (_convert(lambda t: t.long()), r"\d+ not dense floating-point tensors \[\S+: torch\.int64"),
+    "one complex tensor": (_convert(lambda t: t.to(torch.complex64), CONV_INIT),
+                           rf"1 not dense floating-point tensors \[{CONV_INIT}: torch\.complex64\]"),
+    "one sparse tensor": (_convert(torch.Tensor.to_sparse, CONV_INIT), r"1 not dense .*torch\.sparse_coo"),
+    "one tensor without data": (_convert(lambda t: t.to("meta"), CONV_INIT), r"1 not dense .*meta \(no data\)"),
+    "a name that is no string": (lambda state: {**state, 7: torch.zeros(1)}, "not all tensors with names"),
+}
+
+
+@pytest.mark.parametrize("damage, reason", BAD_STATE_DICTS.values(), ids=BAD_STATE_DICTS.keys())
+def test_bad_tensors_are_refused_with_the_reason(tmp_path, small_network, damage, reason):
+    path = tmp_path / "bad.pt"
+    torch.save(damage(small_network.state_dict()), path)
+    with pytest.raises(VISTA3DError, match=rf"^{re.escape(str(path))} is not a VISTA3D checkpoint \(.*{reason}"):
+        load_network(path)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [([torch.zeros(3)], "it holds a list"), ("weights", "it holds a str"), (None, "it holds a NoneType"),
+     ({"epoch": 3, "lr": 0.1}, "its entries are not all tensors"), ({"model": ["conv"]}, "its entries are not all")],
+    ids=["list", "string", "None", "dict of numbers", "bundle of a list"],
+)
+def test_a_pickle_of_something_else_is_refused(tmp_path, content, reason):
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    with pytest.raises(VISTA3DError, match=f"not a VISTA3D checkpoint \\({reason}"):
+        load_network(path)
+
+
+def test_half_precision_checkpoint_loads_as_float32(tmp_path, small_network):
+    path = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in small_network.state_dict().items()}, path)
+    loaded = load_network(path).state_dict()
+    assert all(loaded[k].dtype == torch.float32 for k in loaded)
+    assert all(torch.equal(loaded[k], v.half().float()) for k, v in small_network.state_dict().items())
+
+
+def test_unreadable_checkpoint_names_the_fix(tmp_path, small_checkpoint, monkeypatch):
+    def denied(path, **kwargs):  # as for a file of another user (the tests may run as root: no chmod)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(VISTA3DError, match=f"Cannot read the weights file .*{os.strerror(errno.EACCES)}.*permissions"):
+        read_state_dict(small_checkpoint)
 
 
 def test_truncated_checkpoint(tmp_path, small_checkpoint):

@@ -6,6 +6,7 @@ purpose: cut the connection after N bytes, ignore Range, serve corrupted bytes, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import json
@@ -24,6 +25,7 @@ import pytest
 LIB_DIR = Path(__file__).resolve().parents[2] / "VISTA3DSlicer"
 
 from VISTA3DSlicerLib import weights
+from VISTA3DSlicerLib.cli import _parser, main
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.progress import CancelToken
 from VISTA3DSlicerLib.weights import (
@@ -176,6 +178,9 @@ def test_shipped_sources():
     assert weights.SOURCES["nvidia"].checksum == ("md5", "6ce45a8edde4400c5d28d5e74d7b61d5")
     assert len({s.filename for s in weights.SOURCES.values()}) == len(weights.SOURCES)
     assert all("licen" in s.licence_note for s in weights.SOURCES.values())
+    assert weights.SOURCES["nvidia"].download_command == "vista3d weights download --source nvidia"
+    for source in weights.SOURCES.values():  # the command that messages give is one the CLI takes
+        _parser().parse_args(source.download_command.split()[1:])
 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
@@ -399,6 +404,117 @@ def test_uncreatable_cache_dir(server, tmp_path, monkeypatch):
         weights.download(make_source(server))
 
 
+class _FillingDisk:
+    """A ``.part`` file on a disk that fails after ``room`` bytes: the write that does not fit stores
+    what fits, then fails with ``code`` (ENOSPC: the disk is full, as ``write(2)`` does)."""
+
+    def __init__(self, file, room: int, code: int) -> None:
+        self.file, self.room, self.code = file, room, code
+
+    def __enter__(self) -> "_FillingDisk":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.file.close()
+
+    def write(self, data: bytes) -> int:
+        free = self.room - self.file.tell()
+        if len(data) > free:
+            self.file.write(data[:free])
+            raise OSError(self.code, os.strerror(self.code))
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):  # flush, fileno: the real file's
+        return getattr(self.file, name)
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "Free some space on that disk (the whole file is 3.1 MB)"),
+                                       (errno.EIO, "Check that the disk works")], ids=["ENOSPC", "EIO"])
+def test_disk_error_keeps_the_part_releases_the_lock_and_resumes(server, home, monkeypatch, code, fix):
+    from filelock import FileLock
+
+    room = 700_000
+
+    def open_on_a_small_disk(file, mode="r", *args, **kwargs):
+        opened = open(file, mode, *args, **kwargs)
+        return _FillingDisk(opened, room, code) if mode in ("wb", "ab") else opened
+
+    with monkeypatch.context() as patch:
+        patch.setattr(weights, "open", open_on_a_small_disk, raising=False)
+        with pytest.raises(VISTA3DError) as error:
+            weights.download(make_source(server), chunk_size=CHUNK)
+    message = str(error.value)
+    for hint in (str(home), os.strerror(code), fix, "VISTA3D_HOME", "model.pt.part"):
+        assert hint in message
+    assert len(server.log) == 1  # a disk error is not retried like a cut connection
+    part = home / "model.pt.part"
+    assert part.read_bytes() == server.payload[:room]  # what reached the disk is kept for a resume
+    assert not (home / "model.pt").exists()
+    lock = FileLock(str(home / "model.pt.lock"))
+    lock.acquire(timeout=0)  # Timeout if download() kept it
+    lock.release()
+
+    path = weights.download(make_source(server), chunk_size=CHUNK)  # once the disk is fixed
+    assert server.log[-1]["range"] == f"bytes={room}-"
+    assert path.read_bytes() == server.payload and not part.exists()
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Make the given files unreadable to ``weights``: PermissionError on open, as for a file of
+    another user (chmod cannot do it: the tests may run as root)."""
+    denied: set[Path] = set()
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if Path(file) in denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(weights, "open", guarded_open, raising=False)
+    return denied.add
+
+
+def test_unreadable_cached_file_names_the_file_and_the_fix(server, monkeypatch, capsys, unreadable):
+    source = make_source(server)
+    use_only(monkeypatch, source)
+    path = weights.download()
+    weights._stamp_path(path).unlink()  # no stamp: the file must be read to be trusted
+    unreadable(path)
+
+    for call in (weights.resolve_weights, weights.download, lambda: weights.verify(path, source)):
+        with pytest.raises(VISTA3DError) as error:
+            call()
+        assert not isinstance(error.value, WeightsNotFoundError)
+        message = str(error.value)
+        for hint in (str(path), os.strerror(errno.EACCES), "permissions", "`vista3d weights download`"):
+            assert hint in message
+    assert path.is_file() and len(server.log) == 1  # nothing deleted, nothing downloaded again
+
+    assert main(["weights", "verify"]) == 1
+    assert f"error: Cannot read the VISTA3D weights file {path}" in capsys.readouterr().err
+
+
+def test_cli_verify_tells_a_missing_file_from_a_wrong_one(server, monkeypatch, tmp_path, capsys):
+    use_only(monkeypatch, make_source(server))
+    missing = tmp_path / "missing.pt"
+    assert main(["weights", "verify", "--weights", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and "checksum" not in err
+
+    good = weights.download()
+    assert main(["weights", "verify", "--weights", str(good)]) == 0
+    assert "checksum OK" in capsys.readouterr().out
+    wrong = tmp_path / "wrong.pt"
+    wrong.write_bytes(server.payload[:-1] + b"x")
+    assert main(["weights", "verify", "--weights", str(wrong)]) == 1
+    assert "checksum does NOT match" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_folder(server, tmp_path):
+    with pytest.raises(VISTA3DError, match="is not a file"):
+        weights.verify(tmp_path, make_source(server))
+
+
 # --- resolve_weights and the stamp --------------------------------------------------------------
 
 
@@ -509,6 +625,8 @@ def test_sam_sources_are_the_official_files():
         algorithm, digest = source.checksum
         assert algorithm == "md5" and digest.startswith(prefix) and len(digest) == 32
         assert "--sam-weights" in source.offline_option and "Apache-2.0" in source.licence_note
+        assert source.download_command == f"vista3d weights download --model sam_{kind}"
+        _parser().parse_args(source.download_command.split()[1:])
 
 
 def test_sam_download_resolve_and_offline_rules(server, monkeypatch, tmp_path):

@@ -53,14 +53,22 @@ def build_network(spec: ModelSpec = VISTA3D132) -> "torch.nn.Module":
     return VISTA3D(image_encoder=encoder, class_head=class_head, point_head=point_head)
 
 
-def spec_from_state_dict(state_dict: Mapping[str, "torch.Tensor"]) -> ModelSpec:
-    """Read the network size from a checkpoint's tensor names and shapes."""
+def _not_vista3d(reason: str, path: str | Path | None = None) -> VISTA3DError:
+    return VISTA3DError(
+        f"{path if path is not None else 'This file'} is not a VISTA3D checkpoint ({reason}). Use the bundle's "
+        "models/model.pt (`vista3d weights download`) or a checkpoint saved from monai.networks.nets.vista3d132."
+    )
+
+
+def spec_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], path: str | Path | None = None) -> ModelSpec:
+    """Read the network size from a checkpoint's tensor names and shapes (``path`` names it in errors)."""
     key = "image_encoder.encoder.conv_init.weight"
     if key not in state_dict:
-        raise VISTA3DError(
-            "This file is not a VISTA3D checkpoint (it has no image encoder). Use the bundle's models/model.pt "
-            "(`vista3d weights download`) or a checkpoint saved from monai.networks.nets.vista3d132."
-        )
+        raise _not_vista3d("it has no image encoder", path)
+    shape = tuple(state_dict[key].shape)
+    # A 3-D convolution from the one CT channel: (filters, 1, k, k, k), with at least one filter.
+    if len(shape) != 5 or shape[0] == 0:
+        raise _not_vista3d(f"{key} has shape {shape}, not (filters, 1, 3, 3, 3)", path)
     block = re.compile(r"image_encoder\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.conv1\.weight$")
     blocks: dict[int, int] = {}
     for name in state_dict:
@@ -68,10 +76,9 @@ def spec_from_state_dict(state_dict: Mapping[str, "torch.Tensor"]) -> ModelSpec:
         if match:
             level, index = int(match.group(1)), int(match.group(2))
             blocks[level] = max(blocks.get(level, 0), index + 1)
-    return ModelSpec(
-        embed_dim=int(state_dict[key].shape[0]),
-        blocks_down=tuple(blocks[level] for level in sorted(blocks)),
-    )
+    if not blocks:
+        raise _not_vista3d("its image encoder has no image_encoder.encoder.layers.*.blocks.*.conv1 tensors", path)
+    return ModelSpec(embed_dim=shape[0], blocks_down=tuple(blocks[level] for level in sorted(blocks)))
 
 
 def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
@@ -89,6 +96,11 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
         else:
             # weights_only: a checkpoint is data; never run code from a downloaded pickle.
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:  # the file is there (checked above) but cannot be read
+        raise VISTA3DError(
+            f"Cannot read the weights file {path} ({error.strerror or error}). Make it readable for this user "
+            "(check its permissions and owner)."
+        ) from error
     except Exception as error:  # torch and safetensors raise many types for damaged files
         raise VISTA3DError(
             f"Could not read the weights file {path} ({type(error).__name__}: {error}). It may be truncated "
@@ -96,26 +108,60 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
         ) from error
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]  # the bundle's CheckpointLoader format
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VISTA3DError(f"{path} holds no state dict of tensors; it is not a VISTA3D checkpoint.")
+    if not isinstance(state, Mapping):
+        raise _not_vista3d(f"it holds a {type(state).__name__}, not a state dict", path)
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise _not_vista3d("its entries are not all tensors with names", path)
     return dict(state)
+
+
+def _loadable_into(tensor: "torch.Tensor", like: "torch.Tensor") -> bool:
+    """Whether ``tensor`` can stand for ``like``: dense, with data, and a float for a float.
+
+    ``load_state_dict`` would silently cast integers or complex numbers into the float weights,
+    and fails with a message thousands of lines long on sparse or data-less (meta) tensors.
+    """
+    if tensor.layout != like.layout or tensor.is_meta:
+        return False
+    return tensor.dtype == like.dtype or (tensor.is_floating_point() and like.is_floating_point())
+
+
+def _kind(tensor: "torch.Tensor") -> str:
+    """What a tensor holds, for messages: ``meta`` (no data), its layout if not dense, else its dtype."""
+    import torch
+
+    if tensor.is_meta:
+        return "meta (no data)"
+    return str(tensor.layout if tensor.layout != torch.strided else tensor.dtype)
 
 
 def load_network(path: str | Path, device: "torch.device | str" = "cpu") -> "torch.nn.Module":
     """The network of a checkpoint, strictly loaded, in eval mode on ``device``."""
     state = read_state_dict(path)
-    network = build_network(spec_from_state_dict(state))
+    spec = spec_from_state_dict(state, path)
+    try:
+        network = build_network(spec)
+    except ValueError as error:  # MONAI refuses some sizes, e.g. filters its attention heads do not divide
+        raise _not_vista3d(f"no VISTA3D network has {spec.embed_dim} filters: {error}", path) from error
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise VISTA3DError(
-            f"{path} does not match the VISTA3D network (MONAI >= 1.4 layout): {len(missing)} missing tensors "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong_shape)} of another shape "
-            f"{wrong_shape[:3]}. The research code's model_monai1.3.pt uses other names: use the bundle's "
-            "models/model.pt (`vista3d weights download`)."
-        )
+    common = set(expected) & set(state)
+    wrong_shape = sorted(k for k in common if expected[k].shape != state[k].shape)
+    wrong_type = sorted(k for k in common - set(wrong_shape) if not _loadable_into(state[k], expected[k]))
+    problems = [
+        f"{len(keys)} {what} {keys[:3]}"
+        for what, keys in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                           ("of another shape", wrong_shape))
+        if keys
+    ]
+    if wrong_type:
+        problems.append(f"{len(wrong_type)} not dense floating-point tensors "
+                        f"[{', '.join(f'{k}: {_kind(state[k])}' for k in wrong_type[:3])}]")
+    if missing or unexpected:
+        problems.append("the research code's model_monai1.3.pt uses other names")
+    if problems:
+        raise _not_vista3d("against the MONAI >= 1.4 layout: " + ", ".join(problems), path)
     network.load_state_dict(state, strict=True)
     return network.eval().to(device)
 

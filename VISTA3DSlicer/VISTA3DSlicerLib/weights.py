@@ -21,6 +21,7 @@ This module does not import torch: loading the checkpoint into a network is ``mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ class WeightsSource:
     licence_note: str = ""
     title: str = "VISTA3D weights"  #: what the file is, in messages
     offline_option: str = "`--weights FILE` or set VISTA3D_WEIGHTS=FILE"  #: how to use a copy made elsewhere
+    download_command: str = "vista3d weights download"  #: the command line that fetches it, in messages
 
     @property
     def checksum(self) -> Optional[tuple[str, str]]:
@@ -96,6 +98,7 @@ SOURCES: dict[str, WeightsSource] = {
         filename="vista3d_model_nvidia.pt",
         md5="6ce45a8edde4400c5d28d5e74d7b61d5",
         licence_note=_LICENCE,
+        download_command="vista3d weights download --source nvidia",
     ),
 }
 DEFAULT_SOURCE = "huggingface"
@@ -112,6 +115,7 @@ SAM_SOURCES: dict[str, WeightsSource] = {
         licence_note=_SAM_LICENCE,
         title=f"SAM {kind} weights",
         offline_option="`--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE",
+        download_command=f"vista3d weights download --model sam_{kind}",
     )
     for kind, filename, md5 in (
         ("vit_b", "sam_vit_b_01ec64.pth", "01ec64d29a2fca3f0661936605ae66f8"),
@@ -158,8 +162,8 @@ def cached_path(source: Optional[WeightsSource] = None) -> Path:
 def resolve_weights(explicit: Union[str, os.PathLike, None] = None) -> Path:
     """The VISTA3D checkpoint to load: ``explicit``, else ``$VISTA3D_WEIGHTS``, else a verified cached file.
 
-    Raises ``VISTA3DError`` if a named file does not exist, ``WeightsNotFoundError`` if nothing
-    was named and the cache holds no good copy of any known source.
+    Raises ``VISTA3DError`` if a named file does not exist or a cached one cannot be read,
+    ``WeightsNotFoundError`` if nothing was named and the cache holds no good copy of any known source.
     """
     return _resolve(
         explicit, "VISTA3D_WEIGHTS", list(SOURCES.values()), "VISTA3D weights",
@@ -232,9 +236,18 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 
 def verify(path: Path, source: WeightsSource) -> bool:
-    """Fully check ``path`` against ``source`` (size, then checksum); stamp it if it is good."""
+    """Fully check ``path`` against ``source`` (size, then checksum); stamp it if it is good.
+
+    Raises ``VISTA3DError`` if there is no such file or it cannot be read: "wrong checksum" would
+    send the user to download a file that may be fine.
+    """
     path = Path(path)
-    ok = path.is_file() and _mismatch(path, source) is None
+    if not path.is_file():
+        raise VISTA3DError(
+            f"The {source.title} file {path} does not exist or is not a file. Check the path, or run "
+            f"`{source.download_command}` to fetch the weights."
+        )
+    ok = _mismatch(path, source) is None
     if ok:
         _write_stamp(path, source)
     else:
@@ -269,7 +282,8 @@ def download(
       then finds the file.
 
     Raises ``DownloadError`` (no network, HTTP error), ``ChecksumError`` (wrong file; its
-    ``.part`` is deleted), ``VISTA3DError`` (the folder cannot be written), ``Cancelled``.
+    ``.part`` is deleted), ``VISTA3DError`` (the folder cannot be written, the disk is full: the
+    ``.part`` is kept; a cached file cannot be read), ``Cancelled``.
     """
     from filelock import FileLock, Timeout  # imported here: Slicer imports this module at start-up
 
@@ -349,14 +363,23 @@ def _make_writable_folder(folder: Path) -> None:
 
 
 def _mismatch(path: Path, source: WeightsSource) -> Optional[str]:
-    """Why ``path`` is not ``source``'s file, or None if it is (a full hash)."""
-    size = path.stat().st_size
-    if source.size is not None and size != source.size:
-        return f"has {size:,} bytes instead of {source.size:,}"
-    if source.checksum is not None:
-        algorithm, expected = source.checksum
-        if file_digest(path, algorithm) != expected:
-            return f"has the wrong {algorithm} checksum"
+    """Why ``path`` is not ``source``'s file, or None if it is (a full hash).
+
+    Raises ``VISTA3DError`` if the file cannot be read (permissions, a disk error).
+    """
+    try:
+        size = path.stat().st_size
+        if source.size is not None and size != source.size:
+            return f"has {size:,} bytes instead of {source.size:,}"
+        if source.checksum is not None:
+            algorithm, expected = source.checksum
+            if file_digest(path, algorithm) != expected:
+                return f"has the wrong {algorithm} checksum"
+    except OSError as error:
+        raise VISTA3DError(
+            f"Cannot read the {source.title} file {path} ({error.strerror or error}). Make it readable for this "
+            f"user (check its permissions and owner), or delete it and run `{source.download_command}` again."
+        ) from error
     return None
 
 
@@ -469,18 +492,40 @@ def _fetch_once(
         done = start
         message = f"Downloading the VISTA3D weights from {source.host}"
         report(progress, done, total, message)
-        with open(part, "ab" if start else "wb") as f:
-            # If the connection is cut, the chunk being read is lost (requests does not hand
-            # out a short read): a resume repeats at most one chunk.
-            for chunk in response.iter_content(chunk_size):
-                f.write(chunk)
-                done += len(chunk)
-                report(progress, done, total, message)
-                _check_cancel(cancel)  # on Cancelled, `with` closes the file: the .part is kept
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(part, "ab" if start else "wb") as f:
+                # If the connection is cut, the chunk being read is lost (requests does not hand
+                # out a short read): a resume repeats at most one chunk.
+                for chunk in response.iter_content(chunk_size):
+                    f.write(chunk)
+                    done += len(chunk)
+                    report(progress, done, total, message)
+                    _check_cancel(cancel)  # on Cancelled, `with` closes the file: the .part is kept
+                f.flush()
+                os.fsync(f.fileno())
+        except requests.RequestException:
+            raise  # requests' errors are OSErrors too: a network failure, for the caller to retry
+        except OSError as error:  # the disk: full, over quota, gone read-only
+            raise _write_error(source, part, error) from error
         if length and done < total:  # the server closed early without an error
             raise _Retry(f"connection closed after {done:,} of {total:,} bytes")
+
+
+#: errnos of a disk without room; Windows has no EDQUOT (quota exceeded).
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _write_error(source: WeightsSource, part: Path, error: OSError) -> VISTA3DError:
+    # The .part is kept: what reached the disk is a correct start of the file, and resumes.
+    if error.errno in _DISK_FULL:
+        need = f" (the whole file is {source.size / 1e6:,.1f} MB)" if source.size else ""
+        fix = f"Free some space on that disk{need}"
+    else:
+        fix = "Check that the disk works and that you may write there"
+    return VISTA3DError(
+        f"Could not save the {source.title} in {part.parent} ({error.strerror or error}). {fix} and download "
+        f"again, which resumes from what was saved ({part.name}); or set VISTA3D_HOME to a folder on another disk."
+    )
 
 
 def _download_error(source: WeightsSource, error: Exception) -> DownloadError:
