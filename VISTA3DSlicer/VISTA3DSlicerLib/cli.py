@@ -411,6 +411,8 @@ def _batch(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     label_ids = _label_ids(args.labels)
+    summary = out_dir / SUMMARY_NAME
+    earlier = _read_summary(summary)  # read before this run replaces it: what it says of the cases skipped now
 
     def output(source: Path) -> Path:
         return out_dir / f"{_case_name(source)}.{args.format}"
@@ -434,17 +436,34 @@ def _batch(args: argparse.Namespace) -> int:
         with _progress_bar(name) as case_progress:  # a bar of its own, named after the case
             labelmap = engine.segment(image, label_ids, progress=case_progress, cancel=cancel)
         if args.preview:  # before the labelmap: an existing labelmap marks a finished case
-            write_preview_png(image, labelmap, out_dir / f"{name}_preview.png", overwrite=True)
+            # So a preview without its labelmap is a killed run's leftover, and is replaced. Once the
+            # labelmap exists (another batch on this folder finished the case meanwhile), the preview
+            # is that batch's: it is kept, and the case fails with "exists" before writing anything.
+            write_preview_png(
+                image, labelmap, out_dir / f"{name}_preview.png",
+                overwrite=args.overwrite or not output(source).exists(),
+            )
         write_labelmap(labelmap, output(source), overwrite=args.overwrite)
 
+    # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
+    # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
+    # io.write_atomically): it stays, since it may be another batch's write in progress in this folder;
+    # being hidden, it is never taken for an output, nor for an input by _find_cases.
+    rows: list[dict] = []
+    sources = iter(cases)  # the results come one per case, in the order of the cases
+
+    def record(result: BatchResult) -> None:
+        source = next(sources)
+        cases_bar.update()
+        if result.status == "not run":  # only after a model that failed to load (raised below):
+            return  # nothing was done to these cases
+        rows.append(_row(source, output(source), result, earlier.get(str(output(source)))))
+        _write_summary(summary, rows)
+
     with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
-        report = run_batch(
-            cases, process, name=_case_name, should_skip=should_skip, on_result=lambda result: cases_bar.update()
-        )
+        report = run_batch(cases, process, name=_case_name, should_skip=should_skip, on_result=record)
     if load_error is not None:
         raise load_error
-    summary = out_dir / SUMMARY_NAME
-    _write_summary(summary, [_row(source, output(source), result) for source, result in zip(cases, report.results)])
     counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary: {summary}")
     for result in report.with_status("failed"):
@@ -479,25 +498,53 @@ def _case_name(path: Path) -> str:
     return name
 
 
-def _row(source: Path, output: Path, result: BatchResult) -> dict:
-    """The summary CSV's row of one case."""
+_SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "message")
+
+
+def _row(source: Path, output: Path, result: BatchResult, earlier: Optional[dict] = None) -> dict:
+    """The summary CSV's row of one case. ``earlier`` is the previous summary's row of the same output:
+    a case skipped because its output exists keeps from it when the output was made, and in how long."""
+    message = result.message
+    if result.status == "skipped" and earlier is not None:
+        if earlier["status"] == "done":
+            message += f"; done in an earlier run in {earlier['seconds']} s"
+        elif earlier["status"] == "skipped":
+            message = earlier["message"]  # skipped for the same reason, with what the run before knew
     return {
         "case": result.name,
         "input": str(source),
         "output": str(output),
         "status": result.status,
         "seconds": f"{result.seconds:.1f}",
-        "message": result.message,
+        "message": message,
     }
 
 
+def _read_summary(path: Path) -> dict[str, dict]:
+    """The rows of the summary an earlier batch left, by output file; rows lacking a field are left out.
+
+    An unreadable summary gives no rows: it only adds to the messages of skipped cases, and the
+    batch must not stop over it (writing the new one reports a real problem with the folder).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return {}
+    return {row["output"]: row for row in rows if all(row.get(field) is not None for field in _SUMMARY_FIELDS)}
+
+
 def _write_summary(path: Path, rows: list[dict]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["case", "input", "output", "status", "seconds", "message"])
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+    """Replace the summary atomically: a kill leaves the previous one whole, never a part of this one."""
+    from .io import write_atomically
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, ".csv", True, write)
 
 
 # ------------------------------------------------------------------------------------ labels, weights
