@@ -5,20 +5,27 @@ it. The windowing, blending and post-processing are MONAI's own components with 
 bundle's effective settings (128³ windows, overlap 0.25, constant weights, replicate
 padding, argmax/threshold then global IDs), so an fp32 run reproduces the reference; the
 engine adds progress, cancellation, prompt checking and the input's own geometry.
+
+Memory: a volume whose stitched logits cannot fit is refused before anything is allocated
+(``memory_needed`` against ``available_memory``), and a GPU that runs out of memory mid-run
+falls back to stitching on the CPU, then to running the network there (``placements``).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from . import labels as label_table
+from .errors import VISTA3DError
 from .geometry import Image
-from .preprocessing import Preprocessed, preprocess
+from .preprocessing import SPACING_MM, Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -26,10 +33,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Sliding-window settings the bundle's ``SlidingWindowInfererAdapt`` runs with (reference doc §5.4 B):
 #: the configured overlap 0.3 never reaches it, so its defaults apply.
 WINDOW = 128
 OVERLAP = 0.25
+
+GIB = 2**30
 
 
 def windows_per_axis(size: int) -> int:
@@ -44,6 +55,129 @@ def windows_per_axis(size: int) -> int:
 def count_windows(shape: Sequence[int]) -> int:
     """Number of 128³ windows for a preprocessed volume of ``shape`` (for progress reporting)."""
     return math.prod(windows_per_axis(n) for n in shape)
+
+
+def network_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, int]:
+    """The shape the preprocessing resamples an image of ``shape`` and ``affine`` to (1.5 mm, before
+    the foreground crop), computed from the geometry alone as MONAI's ``Spacing`` does, so that
+    nothing is allocated."""
+    from monai.data.utils import compute_shape_offset, zoom_affine
+
+    affine = np.asarray(affine, dtype=np.float64)
+    resampled = zoom_affine(affine, [SPACING_MM] * 3, diagonal=False)
+    grid, _ = compute_shape_offset(list(shape), affine, resampled, scale_extent=False)
+    return tuple(int(n) for n in grid)  # type: ignore[return-value]
+
+
+def memory_needed(source_shape: Sequence[int], grid: Sequence[int], classes: int) -> int:
+    """Bytes a segmentation of ``classes`` classes allocates at its peak, from the volume's sizes alone.
+
+    Counts the allocations that grow with the volume (the network's own working memory for one
+    window is fixed and not counted): ``source_shape`` is the input grid, ``grid`` the 1.5 mm one.
+    """
+    source = math.prod(source_shape)
+    voxels = math.prod(grid)
+    padded = math.prod(max(n, WINDOW) for n in grid)  # MONAI pads a short axis to a whole window
+    # The float32 copy of the input and the resampled image exist together.
+    preprocessing = 4 * source + 4 * voxels
+    # The stitched float32 logits [classes, grid] and MONAI's count map, the (padded) image and one window's
+    # output (weighted in place); then, with the logits still held, argmax's float32 maxima and int64
+    # indices and the int32 IDs picked from them.
+    windows = 4 * (classes + 2) * padded + 4 * classes * WINDOW**3 + (4 + 8 + 4) * voxels
+    # The labels resampled (float32) to the input grid, and np.rint's copy of them.
+    restoring = 2 * 4 * source
+    return max(preprocessing, windows, restoring)
+
+
+def _host_memory_available() -> Optional[int]:
+    """Bytes of RAM free for a new allocation, or None where this system does not say."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except OSError:
+        pass
+    return None  # Windows or macOS without psutil
+
+
+def available_memory(device: "torch.device") -> Optional[int]:
+    """Bytes a segmentation on ``device`` can use, or None when unknown (then nothing is refused).
+
+    On a GPU this is the larger of its free memory and the host's: the stitched logits may go
+    to either, since an out-of-memory GPU falls back to the CPU. Tests replace this function.
+    """
+    import torch
+
+    host = _host_memory_available()
+    if device.type != "cuda":
+        return host
+    free, _ = torch.cuda.mem_get_info(device)
+    # Blocks PyTorch's caching allocator holds unused are free for this run; the driver counts them as used.
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(host or 0, free + cached)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one attempt at a segmentation runs: the network's device, where the windows' logits are
+    stitched (None: MONAI's adaptive inferer decides, as the bundle does), and the precision."""
+
+    network: "torch.device"
+    stitching: "Optional[torch.device]"
+    precision: str
+    #: What the warning says was done when this placement is a fallback that succeeded.
+    fallback: str = ""
+
+
+def placements(device: "torch.device", precision: str) -> list[Placement]:
+    """The attempts an engine on ``device`` makes, in order, each after the previous ran out of memory.
+
+    On a GPU the adaptive inferer already moves the stitching to the CPU when the GPU runs out inside
+    it, but not when the labels or the restoring run out afterwards; stitching on the CPU from the
+    start keeps those on the CPU too. Last, the network itself runs on the CPU.
+    """
+    import torch
+
+    first = Placement(device, None, precision)
+    if device.type != "cuda":
+        return [first]
+    cpu = torch.device("cpu")
+    return [
+        first,
+        Placement(device, cpu, precision, "stitched the windows on the CPU"),
+        # fp16 is a GPU precision (``model.autocast`` refuses it on the CPU), so the CPU runs the reference fp32.
+        Placement(cpu, cpu, "fp32" if precision == "fp16" else precision, "finished on the CPU"),
+    ]
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure of the GPU, the CPU or numpy, which a smaller run may avoid."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", ()))):
+        return True
+    # torch's CPU allocator raises a plain RuntimeError ("can't allocate memory" on POSIX, "not enough
+    # memory" on Windows); both name the allocator.
+    return isinstance(error, RuntimeError) and "DefaultCPUAllocator" in str(error)
+
+
+def _release_memory() -> None:
+    """Give the memory of a failed attempt back, to the GPU driver too, before the next attempt."""
+    import torch
+
+    gc.collect()  # the failed attempt's frames may sit in reference cycles, holding tensors
+    torch.cuda.empty_cache()
+
+
+def _format_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(n) for n in shape)
 
 
 class Engine:
@@ -90,12 +224,22 @@ class Engine:
         """
         import torch
 
-        if label_ids is not None:
-            label_table.validate_automatic_prompt(label_ids)  # before the preprocessing, not after it
-        report(progress, 0, 1, "Preprocessing")
-        with torch.inference_mode():
-            prepared = preprocess(image, self.device)
-        return image.with_array(self.segment_prepared(prepared, label_ids, progress=progress, cancel=cancel))
+        class_ids = _class_ids(label_ids)  # before the preprocessing, not after it
+        grid = network_grid(image.shape, image.affine)
+        self._check_memory(image.shape, grid, len(class_ids))
+        prepared: Optional[Preprocessed] = None
+
+        def attempt(placement: Placement) -> np.ndarray:
+            nonlocal prepared
+            # Preprocessing is part of the retry: it may be what ran out, and the CPU fallback needs its input there.
+            if prepared is None or prepared.tensor.device.type != placement.network.type:
+                prepared = None  # frees the GPU copy before the CPU one is made
+                report(progress, 0, 1, "Preprocessing")
+                with torch.inference_mode():
+                    prepared = preprocess(image, placement.network)
+            return self._segment_once(prepared, class_ids, placement, progress, cancel)
+
+        return image.with_array(self._with_fallback(attempt, grid, len(class_ids)))
 
     def segment_prepared(
         self,
@@ -106,13 +250,69 @@ class Engine:
         cancel: Optional[CancelToken] = None,
     ) -> np.ndarray:
         """``segment`` on an image already preprocessed (an interactive session keeps one): IDs on the input grid."""
+        class_ids = _class_ids(label_ids)
+        self._check_memory(prepared.source_shape, prepared.spatial_shape, len(class_ids))
+        return self._with_fallback(
+            lambda placement: self._segment_once(prepared, class_ids, placement, progress, cancel),
+            prepared.spatial_shape,
+            len(class_ids),
+        )
+
+    def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
+        """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
+        needed = memory_needed(source_shape, grid, classes)
+        available = available_memory(self.device)
+        if available is not None and needed > available:
+            raise VISTA3DError(
+                f"The volume is too large for the memory available: {_format_shape(source_shape)} voxels are "
+                f"{_format_shape(grid)} = {math.prod(grid):,} voxels at {SPACING_MM} mm, and segmenting {classes} "
+                f"classes needs about {needed / GIB:.1f} GB, but only {available / GIB:.1f} GB is free. Segment "
+                "fewer labels, crop the volume to the region of interest, or use a machine with more memory."
+            )
+
+    def _with_fallback(self, attempt: Callable[[Placement], T], grid: Sequence[int], classes: int) -> T:
+        """Run ``attempt`` at each of ``placements`` in turn until one does not run out of memory."""
+        ladder = placements(self.device, self.precision)
+        try:
+            for placement in ladder:
+                self.network.to(placement.network)
+                try:
+                    result = attempt(placement)
+                except Exception as error:  # anything but an out-of-memory is raised again below
+                    if not _is_out_of_memory(error):
+                        raise  # a cancellation or a bug: a retry would not help
+                    logger.info("Out of memory with %s: %s", placement, error)
+                else:
+                    if placement.fallback:
+                        logger.warning(
+                            "GPU out of memory: %s, which is slower; fewer labels or a smaller volume fit the GPU.",
+                            placement.fallback,
+                        )
+                    return result
+                _release_memory()  # here, past the except block, the error and the tensors its traceback held are gone
+        finally:
+            self.network.to(self.device)  # the next image may fit the engine's device again
+        raise VISTA3DError(
+            f"Out of memory segmenting a volume of {math.prod(grid):,} voxels ({_format_shape(grid)} at "
+            f"{SPACING_MM} mm) with {classes} classes: segment fewer labels, crop the volume, or use a machine "
+            "with more memory."
+        )
+
+    def _segment_once(
+        self,
+        prepared: Preprocessed,
+        class_ids: Sequence[int],
+        placement: Placement,
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelToken],
+    ) -> np.ndarray:
+        """One attempt at ``segment_prepared`` at ``placement``: IDs on the input grid."""
         import torch
 
-        prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
-        label_table.validate_automatic_prompt(prompt)
-        class_ids = label_table.expand_subclasses(prompt)
         with torch.inference_mode():
-            logits = self._sliding_window(prepared.tensor, class_ids, progress, cancel)
+            image = prepared.tensor.to(placement.network)
+            logits = self._sliding_window(image, class_ids, placement, progress, cancel)
+            del image
             labels = _logits_to_labels(logits, class_ids)
             del logits
             restored = prepared.restore(labels)
@@ -122,6 +322,7 @@ class Engine:
         self,
         image: "torch.Tensor",
         class_ids: Sequence[int],
+        placement: Placement,
         progress: Optional[ProgressCallback],
         cancel: Optional[CancelToken],
     ) -> "torch.Tensor":
@@ -138,13 +339,13 @@ class Engine:
             nonlocal done
             if cancel is not None:
                 cancel.raise_if_cancelled()  # stops between windows: at most one window late
-            with autocast(self.device, self.precision):
+            with autocast(placement.network, placement.precision):
                 output = self.network(window, patch_coords, **kwargs)
             done = min(done + 1, total)  # an out-of-memory retry replays windows; never count past the end
             report(progress, done, total, f"Window {done}/{total}")
             return output
 
-        class_vector = torch.as_tensor(class_ids, device=self.device).unsqueeze(-1)
+        class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
         inferer = SlidingWindowInfererAdapt(
             roi_size=[WINDOW] * 3,
             sw_batch_size=1,
@@ -152,6 +353,8 @@ class Engine:
             mode="constant",
             padding_mode="replicate",
             with_coord=True,
+            sw_device=placement.network,
+            device=placement.stitching,  # given, it turns the inferer's own adaptation off
         )
         logits = inferer(
             image[None],
@@ -168,6 +371,13 @@ class Engine:
         return logits[0].float()
 
 
+def _class_ids(label_ids: Optional[Sequence[int]]) -> list[int]:
+    """The classes the class head predicts for a prompt (None = everything), group IDs expanded."""
+    prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
+    label_table.validate_automatic_prompt(prompt)
+    return label_table.expand_subclasses(prompt)
+
+
 def _logits_to_labels(logits: "torch.Tensor", class_ids: Sequence[int]) -> "torch.Tensor":
     """Global IDs from per-class logits ``[B, X, Y, Z]`` as the bundle's ``VistaPostTransformd``.
 
@@ -179,4 +389,3 @@ def _logits_to_labels(logits: "torch.Tensor", class_ids: Sequence[int]) -> "torc
     best, index = logits.max(dim=0)
     ids = torch.as_tensor(class_ids, dtype=torch.int32, device=logits.device)
     return torch.where(best > 0, ids[index], torch.zeros_like(index, dtype=torch.int32))
-
