@@ -63,6 +63,9 @@ NO_PREDICTION = -9999.0
 #: must win over the old mask there, while the sign (inside / outside) of the old mask is kept
 #: wherever no click changes it.
 PREVIOUS_MASK_LOGIT = 0.01
+#: Clicks one structure may have. Each click opens its own 128³ window (as in the reference), so
+#: 100 clicks spread out cost 100 network passes per edit: seconds on a GPU, half an hour on a CPU.
+MAX_CLICKS = 100
 
 PointSpace = Literal["index", "ras"]
 
@@ -494,6 +497,12 @@ class Structure:
         return self._apply(region, step.after)
 
     def _check_clicks(self, clicks: Sequence[Click]) -> None:
+        if len(clicks) > MAX_CLICKS:
+            raise VISTA3DError(
+                f"{len(clicks)} clicks on one structure is more than the {MAX_CLICKS} it takes: each click opens its "
+                "own window, so every edit would recompute them all. Undo or remove some clicks, or split the "
+                "structure into several segments."
+            )
         polarity: dict[tuple[int, ...], bool] = {}
         for click in clicks:
             voxel = tuple(int(round(v)) for v in click.index)

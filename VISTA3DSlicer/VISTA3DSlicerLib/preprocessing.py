@@ -117,6 +117,12 @@ def preprocess(image: Image, device: "torch.device | str" = "cpu") -> Preprocess
     import torch
     from monai.data import MetaTensor
 
+    if 1 in image.shape:
+        # The network sees 3D context; a single slice padded to a window gives confident nonsense.
+        raise VISTA3DError(
+            f"The volume is a single slice ({' x '.join(map(str, image.shape))} voxels); VISTA3D segments 3D CT "
+            "volumes. Load the whole series (the DICOM folder or the 3D file), not one slice."
+        )
     values = np.asarray(image.array, dtype=np.float32)
     if not np.all(np.isfinite(values)):
         raise VISTA3DError(
