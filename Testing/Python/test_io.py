@@ -441,6 +441,17 @@ def test_4d_image_is_refused(tmp_path):
     assert "3D scalar volume" in str(raised.value)
 
 
+def test_a_4d_nifti_with_one_time_point_is_read_as_its_3d_volume(tmp_path):
+    import nibabel as nib
+
+    array = np.zeros((6, 5, 4, 1), np.int16)
+    array[2, 3, 1, 0] = 7
+    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.9, 2.0, 1.0])), tmp_path / "one_time_point.nii.gz")
+    image = io.read_image(tmp_path / "one_time_point.nii.gz")
+    assert image.shape == (6, 5, 4) and image.array[2, 3, 1] == 7
+    np.testing.assert_allclose(image.spacing, [0.8, 0.9, 2.0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("extension", [".nrrd", ".nii.gz"])
 def test_vector_image_is_refused(tmp_path, extension):
     import SimpleITK as sitk
