@@ -212,6 +212,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._updateDeviceInfo()  # free GPU memory changes while other modules are used
         self._installShortcuts()  # only while the panel is shown: no clash with other modules' keys
 
     def exit(self) -> None:
@@ -255,7 +256,6 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumeNode = parameters.inputVolume if parameters else None
         self._syncTreeWithPrompt()
         self._updateCtWarning(volumeNode)
-        self._updateDeviceInfo()
         segmentationNode = parameters.outputSegmentation if parameters else None
         self.ui.targetSegmentSelector.setCurrentNode(segmentationNode)
         if segmentationNode and not self.ui.exportSegmentationSelector.currentNode():
