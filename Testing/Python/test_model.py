@@ -66,6 +66,8 @@ def test_not_a_vista3d_checkpoint(tmp_path):
 
 
 CONV_INIT = "image_encoder.encoder.conv_init.weight"
+BLOCK = "image_encoder.encoder.layers.{level}.blocks.{index}.conv1.weight"
+HEAD = "class_head.mlp.0.weight"
 
 
 def _replace(name: str, tensor: torch.Tensor) -> Callable[[dict], dict]:
@@ -76,20 +78,46 @@ def _convert(convert: Callable[[torch.Tensor], torch.Tensor], only: str | None =
     return lambda state: {k: convert(v) if only in (None, k) else v for k, v in state.items()}
 
 
+def _with_filters(filters: int) -> Callable[[dict], dict]:
+    """A state dict whose encoder sizing tensors (conv_init and the blocks' conv1) have ``filters`` filters."""
+    pattern = re.compile(r"image_encoder\.encoder\.layers\.(\d+)\.blocks\.\d+\.conv1\.weight$")
+
+    def resize(state: dict) -> dict:
+        resized = {**state, CONV_INIT: torch.zeros(filters, 1, 3, 3, 3)}
+        for name in state:
+            if match := pattern.match(name):
+                width = filters * 2 ** int(match.group(1))
+                resized[name] = torch.zeros(width, width, 3, 3, 3)
+        return resized
+
+    return resize
+
+
 #: Damaged or foreign state dicts: (how to make it from a good one, what the message says).
 BAD_STATE_DICTS = {
     "scalar conv_init": (_replace(CONV_INIT, torch.tensor(1.0)), r"conv_init.weight has shape \(\)"),
     "2-D conv_init": (_replace(CONV_INIT, torch.zeros(16, 1)), r"conv_init.weight has shape \(16, 1\)"),
     "conv_init without filters": (_replace(CONV_INIT, torch.zeros(0, 1, 3, 3, 3)), r"shape \(0, 1, 3, 3, 3\)"),
-    "filters MONAI cannot build": (_replace(CONV_INIT, torch.zeros(12, 1, 3, 3, 3)),
-                                   "no VISTA3D network has 12 filters"),
+    "filters MONAI cannot build": (_with_filters(12), "no VISTA3D network has 12 filters"),
+    "conv_init of another width than the blocks": (_replace(CONV_INIT, torch.zeros(12, 1, 3, 3, 3)),
+                                                   r"layers\.0\.blocks\.0\.conv1\.weight is torch\.float32 of "
+                                                   r"shape \(16, 16, 3, 3, 3\), not a dense tensor of shape \(12, 12"),
+    "a block far beyond the others": (_replace(BLOCK.format(level=1, index=99999), torch.zeros(32, 32, 3, 3, 3)),
+                                      r"encoder level 1 lacks blocks \[1, 2, 3\] \.\.\."),
+    "a level far beyond the others": (_replace(BLOCK.format(level=40, index=0), torch.zeros(1)),
+                                      r"its encoder levels are \[0, 1, 2, 3, 4, 40\]"),
+    "a huge network declared by shapes without data": (
+        _convert(lambda t: torch.empty(t.shape[0] * 4096, *t.shape[1:], device="meta"), CONV_INIT),
+        r"conv_init\.weight is meta \(no data\), not a dense tensor with data"),
     "no encoder blocks": (lambda state: {k: v for k, v in state.items() if ".encoder.layers." not in k},
                           r"no image_encoder\.encoder\.layers\.\*\.blocks"),
     "int64 tensors": (_convert(lambda t: t.long()), r"\d+ not dense floating-point tensors \[\S+: torch\.int64"),
     "one complex tensor": (_convert(lambda t: t.to(torch.complex64), CONV_INIT),
                            rf"1 not dense floating-point tensors \[{CONV_INIT}: torch\.complex64\]"),
-    "one sparse tensor": (_convert(torch.Tensor.to_sparse, CONV_INIT), r"1 not dense .*torch\.sparse_coo"),
-    "one tensor without data": (_convert(lambda t: t.to("meta"), CONV_INIT), r"1 not dense .*meta \(no data\)"),
+    "one sparse tensor": (_convert(torch.Tensor.to_sparse, HEAD), r"1 not dense .*torch\.sparse_coo"),
+    "one tensor without data": (_convert(lambda t: t.to("meta"), HEAD), r"1 not dense .*meta \(no data\)"),
+    "a sparse encoder block": (_convert(torch.Tensor.to_sparse, BLOCK.format(level=0, index=0)),
+                               r"blocks\.0\.conv1\.weight is torch\.sparse_coo of shape \(16, 16, 3, 3, 3\)"),
     "a name that is no string": (lambda state: {**state, 7: torch.zeros(1)}, "not all tensors with names"),
 }
 

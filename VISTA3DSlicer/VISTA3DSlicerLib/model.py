@@ -69,16 +69,35 @@ def spec_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], path: str | P
     # A 3-D convolution from the one CT channel: (filters, 1, k, k, k), with at least one filter.
     if len(shape) != 5 or shape[0] == 0:
         raise _not_vista3d(f"{key} has shape {shape}, not (filters, 1, 3, 3, 3)", path)
+    filters = shape[0]
+    if not _holds_data(state_dict[key]):
+        raise _not_vista3d(f"{key} is {_kind(state_dict[key])}, not a dense tensor with data", path)
     block = re.compile(r"image_encoder\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.conv1\.weight$")
-    blocks: dict[int, int] = {}
+    blocks: dict[int, set[int]] = {}
     for name in state_dict:
         match = block.match(name)
         if match:
-            level, index = int(match.group(1)), int(match.group(2))
-            blocks[level] = max(blocks.get(level, 0), index + 1)
+            blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     if not blocks:
         raise _not_vista3d("its image encoder has no image_encoder.encoder.layers.*.blocks.*.conv1 tensors", path)
-    return ModelSpec(embed_dim=shape[0], blocks_down=tuple(blocks[level] for level in sorted(blocks)))
+    # The network is built from these counts before its tensors are compared with the file's: each
+    # block counted must be in the file with its shape, or a file of a few bytes naming blocks.99999
+    # (or levels.40) would make us build a network of any size.
+    if sorted(blocks) != list(range(len(blocks))):
+        raise _not_vista3d(f"its encoder levels are {sorted(blocks)[:6]}, not 0, 1, 2, ...", path)
+    for level, indices in sorted(blocks.items()):
+        if sorted(indices) != list(range(len(indices))):
+            gaps = sorted(set(range(max(indices) + 1)) - indices)
+            raise _not_vista3d(f"encoder level {level} lacks blocks {gaps[:3]}{' ...' if len(gaps) > 3 else ''}", path)
+        width = filters * 2**level
+        for index in sorted(indices):
+            name = f"image_encoder.encoder.layers.{level}.blocks.{index}.conv1.weight"
+            if tuple(state_dict[name].shape) != (width, width, 3, 3, 3) or not _holds_data(state_dict[name]):
+                raise _not_vista3d(
+                    f"{name} is {_kind(state_dict[name])} of shape {tuple(state_dict[name].shape)}, not a dense "
+                    f"tensor of shape ({width}, {width}, 3, 3, 3)", path
+                )
+    return ModelSpec(embed_dim=filters, blocks_down=tuple(len(blocks[level]) for level in sorted(blocks)))
 
 
 def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
@@ -121,9 +140,16 @@ def _loadable_into(tensor: "torch.Tensor", like: "torch.Tensor") -> bool:
     ``load_state_dict`` would silently cast integers or complex numbers into the float weights,
     and fails with a message thousands of lines long on sparse or data-less (meta) tensors.
     """
-    if tensor.layout != like.layout or tensor.is_meta:
+    if not _holds_data(tensor):
         return False
     return tensor.dtype == like.dtype or (tensor.is_floating_point() and like.is_floating_point())
+
+
+def _holds_data(tensor: "torch.Tensor") -> bool:
+    """Dense with data: a meta or sparse tensor may declare any shape without holding it."""
+    import torch
+
+    return tensor.layout == torch.strided and not tensor.is_meta
 
 
 def _kind(tensor: "torch.Tensor") -> str:
