@@ -131,6 +131,41 @@ def test_cancel_stops_before_the_next_window(example_ct_crop, small_network):
     assert network.calls == 1
 
 
+def test_cancel_during_preprocessing_runs_no_window(example_ct_crop, small_network, monkeypatch):
+    """Preprocessing a large volume takes seconds: a cancel asked meanwhile stops before the first window."""
+    import VISTA3DSlicerLib.engine as engine_module
+
+    network = CountingNetwork(small_network)
+    token = CancelToken()
+
+    def preprocess_then_cancel(*args, **kwargs):
+        prepared = preprocess(*args, **kwargs)
+        token.cancel()
+        return prepared
+
+    monkeypatch.setattr(engine_module, "preprocess", preprocess_then_cancel)
+    with pytest.raises(Cancelled):
+        Engine(network).segment(read_image(example_ct_crop), [1], cancel=token)
+    assert network.calls == 0
+
+
+def test_cancel_during_the_last_window_skips_the_restoring(example_ct_crop, small_network, monkeypatch):
+    """The argmax and the resampling back to the input grid are not started once a cancel was asked."""
+    from VISTA3DSlicerLib.preprocessing import Preprocessed
+
+    token = CancelToken()
+    restored = []
+    monkeypatch.setattr(Preprocessed, "restore", lambda self, volume: restored.append(volume))
+
+    def cancel_at_the_last_window(done: int, total: int, message: str) -> None:
+        if message.startswith("Window") and done == total:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        Engine(small_network).segment(read_image(example_ct_crop), [1], progress=cancel_at_the_last_window, cancel=token)
+    assert restored == []
+
+
 def test_group_ids_expand_to_members(example_ct_crop, small_network):
     """'kidney' (2) is its two members: the same labels as asking for left and right kidney (14, 5)."""
     image = read_image(example_ct_crop)

@@ -26,7 +26,7 @@ from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
 from .preprocessing import SPACING_MM, Preprocessed, preprocess
-from .progress import CancelToken, ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
     import torch
@@ -234,6 +234,7 @@ class Engine:
             # Preprocessing is part of the retry: it may be what ran out, and the CPU fallback needs its input there.
             if prepared is None or prepared.tensor.device.type != placement.network.type:
                 prepared = None  # frees the GPU copy before the CPU one is made
+                check_cancelled(cancel)
                 report(progress, 0, 1, "Preprocessing")
                 with torch.inference_mode():
                     prepared = preprocess(image, placement.network)
@@ -313,6 +314,7 @@ class Engine:
             image = prepared.tensor.to(placement.network)
             logits = self._sliding_window(image, class_ids, placement, progress, cancel)
             del image
+            check_cancelled(cancel)  # the argmax and the resampling back take seconds on a large volume
             labels = _logits_to_labels(logits, class_ids)
             del logits
             restored = prepared.restore(labels)
@@ -337,8 +339,7 @@ class Engine:
 
         def predict(window: torch.Tensor, patch_coords, **kwargs) -> torch.Tensor:
             nonlocal done
-            if cancel is not None:
-                cancel.raise_if_cancelled()  # stops between windows: at most one window late
+            check_cancelled(cancel)  # stops between windows: at most one window late
             with autocast(placement.network, placement.precision):
                 output = self.network(window, patch_coords, **kwargs)
             done = min(done + 1, total)  # an out-of-memory retry replays windows; never count past the end

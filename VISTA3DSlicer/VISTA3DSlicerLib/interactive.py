@@ -46,7 +46,7 @@ from .errors import VISTA3DError
 from .feature_cache import FeatureCache, default_budget
 from .geometry import Image
 from .preprocessing import preprocess
-from .progress import CancelToken, ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
     import torch
@@ -307,8 +307,7 @@ class Session:
         stitched = torch.zeros(size, dtype=torch.float32, device="cpu")
         covered = torch.zeros(size, dtype=torch.bool, device="cpu")
         for done, (start, count) in enumerate(windows.items()):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
+            check_cancelled(cancel)
             report(progress, done, len(windows), f"Click window {done + 1}/{len(windows)}")
             box = tuple(slice(s, s + WINDOW) for s in start)
             previous = None if previous_logits is None else previous_logits[(slice(None), slice(None)) + box].clone()

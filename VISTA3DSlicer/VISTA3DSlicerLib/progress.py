@@ -38,3 +38,9 @@ def report(progress: Optional[ProgressCallback], done: int, total: int, message:
     """Call ``progress`` if there is one (saves every caller the ``None`` check)."""
     if progress is not None:
         progress(done, total, message)
+
+
+def check_cancelled(cancel: Optional[CancelToken]) -> None:
+    """Raise ``Cancelled`` if there is a token and it was cancelled (the points where a run may stop)."""
+    if cancel is not None:
+        cancel.raise_if_cancelled()

@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import VISTA3DError
 from .geometry import Image
-from .progress import CancelToken, ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
     import torch
@@ -170,8 +170,7 @@ def volume_features(
             # Slices along ``axis``, each slice's two other axes in increasing order.
             stack = volume.movedim(axis, 0)
             for start in range(0, stack.shape[0], batch):
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
+                check_cancelled(cancel)
                 with autocast(device, precision):
                     features = slice_features(sam, stack[start : start + batch]).float().cpu()  # [b, C, h, w]
                 if summed is None:

@@ -33,7 +33,7 @@ from typing import Optional, Union
 from urllib.parse import urlparse
 
 from .errors import VISTA3DError
-from .progress import CancelToken, ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = [
     "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "resolve_weights",
@@ -300,7 +300,7 @@ def download(
     except Timeout:  # another process is downloading it: wait, but stay cancellable
         report(progress, 0, source.size or 0, "Waiting for another download of the weights")
         while True:
-            _check_cancel(cancel)
+            check_cancelled(cancel)
             try:
                 lock.acquire(timeout=_LOCK_POLL)
                 break
@@ -333,11 +333,6 @@ def download(
 
 def _source(source: Optional[WeightsSource]) -> WeightsSource:
     return source if source is not None else SOURCES[DEFAULT_SOURCE]
-
-
-def _check_cancel(cancel: Optional[CancelToken]) -> None:
-    if cancel is not None:
-        cancel.raise_if_cancelled()
 
 
 def _already_there(final: Path, source: WeightsSource, progress: Optional[ProgressCallback]) -> bool:
@@ -443,7 +438,7 @@ def _fetch_with_retries(
 
     failures = 0
     while True:
-        _check_cancel(cancel)
+        check_cancelled(cancel)
         before = part.stat().st_size if part.exists() else 0
         try:
             _fetch_once(source, part, progress, cancel, timeout, chunk_size)
@@ -500,7 +495,7 @@ def _fetch_once(
                     f.write(chunk)
                     done += len(chunk)
                     report(progress, done, total, message)
-                    _check_cancel(cancel)  # on Cancelled, `with` closes the file: the .part is kept
+                    check_cancelled(cancel)  # on Cancelled, `with` closes the file: the .part is kept
                 f.flush()
                 os.fsync(f.fileno())
         except requests.RequestException:
