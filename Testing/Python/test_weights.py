@@ -397,6 +397,46 @@ def test_read_only_cache_dir(server, home):
     assert server.log == []
 
 
+def test_read_only_cache_dir_as_a_user_sees_it(server, home, monkeypatch):
+    """What a user without root sees of a read-only folder (root may write anywhere: simulated here)."""
+    home.mkdir()
+    monkeypatch.setattr(weights.os, "access", lambda path, mode: Path(path) != home)
+    with pytest.raises(VISTA3DError, match=rf"Cannot write the weights to {re.escape(str(home))} \(it is read-only\)"
+                                           r"\. Set VISTA3D_HOME"):
+        weights.download(make_source(server))
+    assert server.log == [] and list(home.iterdir()) == []
+
+
+def test_a_folder_that_claims_to_be_writable_and_is_not(server, home, monkeypatch):
+    """A read-only network share or ACLs: access() says yes and creating the lock fails."""
+    import filelock
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only)
+    with pytest.raises(VISTA3DError, match=rf"Cannot write the weights to {re.escape(str(home))} "
+                                           rf"\({os.strerror(errno.EROFS)}\)\. Set VISTA3D_HOME"):
+        weights.download(make_source(server))
+    assert server.log == []
+
+
+def test_failed_verify_in_a_read_only_folder_reports_the_mismatch(server, monkeypatch):
+    """The stale stamp cannot be deleted there: verify still answers, and nothing raises."""
+    path = weights.download(make_source(server))
+    stamp = weights._stamp_path(path)
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == stamp:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert not weights.verify(path, make_source(server, sha256="0" * 64))
+    assert stamp.exists()
+
+
 def test_uncreatable_cache_dir(server, tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("not a folder")
     monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "a_file" / "vista3d"))

@@ -251,7 +251,10 @@ def verify(path: Path, source: WeightsSource) -> bool:
     if ok:
         _write_stamp(path, source)
     else:
-        _stamp_path(path).unlink(missing_ok=True)
+        try:
+            _stamp_path(path).unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: the stamp stays, trusted only while the file keeps its size and time
     return ok
 
 
@@ -297,7 +300,7 @@ def download(
     lock = FileLock(str(final) + ".lock")
     try:
         lock.acquire(timeout=0)
-    except Timeout:  # another process is downloading it: wait, but stay cancellable
+    except Timeout:  # another process is downloading it: wait, but stay cancellable (Timeout is an OSError)
         report(progress, 0, source.size or 0, "Waiting for another download of the weights")
         while True:
             check_cancelled(cancel)
@@ -306,6 +309,8 @@ def download(
                 break
             except Timeout:
                 pass
+    except OSError as error:  # a folder that says it is writable and is not (read-only share, ACLs)
+        raise _unwritable(folder, error.strerror or str(error)) from None
     try:
         if _already_there(final, source, progress):  # the process we waited for got it
             return final
@@ -351,10 +356,14 @@ def _make_writable_folder(folder: Path) -> None:
     except OSError as exc:
         writable, reason = False, exc.strerror or str(exc)
     if not writable:
-        raise VISTA3DError(
-            f"Cannot write the weights to {folder} ({reason}). Set VISTA3D_HOME to a writable "
-            "folder, or download the file yourself and pass it with --weights (or --sam-weights) FILE."
-        )
+        raise _unwritable(folder, reason)
+
+
+def _unwritable(folder: Path, reason: str) -> VISTA3DError:
+    return VISTA3DError(
+        f"Cannot write the weights to {folder} ({reason}). Set VISTA3D_HOME to a writable "
+        "folder, or download the file yourself and pass it with --weights (or --sam-weights) FILE."
+    )
 
 
 def _mismatch(path: Path, source: WeightsSource) -> Optional[str]:
