@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -415,6 +417,61 @@ def test_corrupted_gzip_is_refused(tmp_path):
         io.read_image(path)
 
 
+def write_compressed_metaimage(folder: Path, name: str) -> tuple[Path, np.ndarray]:
+    """A compressed MetaImage of random floats (``.mhd`` writes its zlib data to a ``.zraw`` file)."""
+    import SimpleITK as sitk
+
+    array = np.random.default_rng(4).normal(size=(30, 20, 10)).astype(np.float32)
+    path = folder / name
+    sitk.WriteImage(io.image_to_sitk(Image(array, np.eye(4))), str(path), True)
+    return path, array
+
+
+@pytest.mark.parametrize("name", ["ct.mha", "ct.mhd"])
+def test_compressed_metaimage_reads_exactly(tmp_path, name):
+    path, array = write_compressed_metaimage(tmp_path, name)
+    assert "CompressedData = True" in path.read_bytes()[:1000].decode("latin-1")
+    np.testing.assert_array_equal(io.read_image(path).array, array)
+
+
+@pytest.mark.parametrize("name, damaged, damage", [
+    ("ct.mha", "ct.mha", "flip"),
+    ("ct.mha", "ct.mha", "cut"),
+    ("ct.mhd", "ct.zraw", "flip"),
+])
+def test_damaged_compressed_metaimage_is_refused(tmp_path, name, damaged, damage):
+    path, _ = write_compressed_metaimage(tmp_path, name)
+    data = bytearray((tmp_path / damaged).read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF  # one flipped byte in the zlib data (ITK reads garbage silently)
+    else:
+        del data[len(data) * 3 // 4:]
+    (tmp_path / damaged).write_bytes(bytes(data))
+
+    with pytest.raises(VISTA3DError, match="truncated or corrupted") as raised:
+        io.read_image(path)
+    assert str(path) in str(raised.value) and "again" in str(raised.value)
+
+
+def test_unreadable_file_is_reported_as_a_permission_problem(tmp_path, monkeypatch):
+    import builtins
+
+    path = io.write_labelmap(small_labelmap(), tmp_path / "l.nii.gz")
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):
+        # Tests run as root, for whom chmod does not deny reading.
+        if file in (path, str(path)):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    with pytest.raises(VISTA3DError, match="Permission denied") as raised:
+        io.read_image(path)
+    message = str(raised.value)
+    assert str(path) in message and "readable" in message and "truncated" not in message
+
+
 def test_not_an_image(tmp_path):
     path = tmp_path / "notes.nrrd"
     path.write_text("hello")
@@ -479,20 +536,62 @@ def test_real_dicom_series():
     assert np.linalg.det(image.direction) == pytest.approx(1, abs=1e-6)
 
 
-def write_dicom_series(folder: Path, series_uid: str, slices: int, offset: int) -> np.ndarray:
-    """A small CT series, one file per slice, of known voxels ``[i, j, k]``."""
+def copy_of_example_dicom(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A writable copy of the example DICOM series (20 CT slices) and its files in name order."""
+    source = shared_file("example_ct_dicom")
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for file in sorted(source.iterdir()):
+        shutil.copyfile(file, folder / file.name)  # not copytree: the shared files and folder are read-only
+    return folder, sorted(folder.iterdir())
+
+
+def test_intact_copy_of_dicom_series_reads_all_slices(tmp_path):
+    folder, _ = copy_of_example_dicom(tmp_path)
+    assert io.read_image(folder).shape == (512, 512, 20)
+
+
+@pytest.mark.parametrize("keep", ["half", 200], ids=["half", "200-bytes"])
+def test_dicom_series_with_a_damaged_slice_is_refused(tmp_path, keep):
+    folder, files = copy_of_example_dicom(tmp_path)
+    damaged = files[len(files) // 2]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2 if keep == "half" else keep])  # GDCM leaves it out of the series
+
+    with pytest.raises(VISTA3DError, match="missing or unevenly spaced slices") as raised:
+        io.read_image(folder)
+    message = str(raised.value)
+    assert str(folder) in message and damaged.name in message and "probably damaged" in message
+    assert "2 to 4 mm apart" in message and "1.89 mm" in message and "2.111 mm" in message
+    assert "3D Slicer" in message
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    folder, files = copy_of_example_dicom(tmp_path)
+    files[len(files) // 2].unlink()
+
+    with pytest.raises(VISTA3DError, match="missing or unevenly spaced slices") as raised:
+        io.read_image(folder)
+    assert "slices are probably missing" in str(raised.value) and "damaged slices" not in str(raised.value)
+
+
+def write_dicom_series(folder: Path, series_uid: str, slices: int, offset: int,
+                       slice_z: Sequence[float] | None = None) -> np.ndarray:
+    """A small CT series, one file per slice, of known voxels ``[i, j, k]``; slice ``k`` at ``z = slice_z[k]``
+    (default: 2.5 mm apart)."""
     import SimpleITK as sitk
 
     volume = (np.arange(4 * 3 * slices).reshape(4, 3, slices) + offset).astype(np.int16)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    slice_z = [k * 2.5 for k in range(slices)] if slice_z is None else slice_z
     for k in range(slices):
         dicom_slice = sitk.GetImageFromArray(np.ascontiguousarray(volume[:, :, k].T))
         dicom_slice.SetSpacing((0.7, 0.5))
         for tag, value in [
             ("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"), ("0020|000e", series_uid),
             ("0008|0018", f"{series_uid}.{k + 1}"), ("0020|0013", str(k + 1)),
-            ("0020|0032", f"-10\\-20\\{k * 2.5}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0020|0032", f"-10\\-20\\{slice_z[k]}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
             ("0028|0030", "0.5\\0.7"), ("0018|0050", "2.5"),
         ]:
             dicom_slice.SetMetaData(tag, value)
@@ -513,6 +612,13 @@ def test_dicom_folder_with_several_series_reads_the_largest(tmp_path, caplog):
     np.testing.assert_allclose(image.affine, make_affine(np.diag([-1.0, -1.0, 1.0]), (0.7, 0.5, 2.5), (10, 20, 0)),
                                atol=1e-6)
     assert "2 DICOM series" in caplog.text and "1.2.826.0.1.3680043.2.1125.101" in caplog.text
+
+
+def test_dicom_slice_positions_rounded_off_even_are_read(tmp_path):
+    """ITK flags deviations of 0.01 % of the spacing: rounding in real series' positions must not be refused."""
+    rounded = [k * 2.5 + (0.004 if k % 2 else 0.0) for k in range(6)]
+    volume = write_dicom_series(tmp_path, "1.2.826.0.1.3680043.2.1125.103", 6, 0, slice_z=rounded)
+    np.testing.assert_array_equal(io.read_image(tmp_path).array, volume)
 
 
 def test_folder_without_dicom(tmp_path):

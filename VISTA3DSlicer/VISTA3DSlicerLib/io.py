@@ -96,8 +96,20 @@ def read_image(path: str | os.PathLike) -> Image:
         return _read_dicom_series(path)
     if not path.exists():
         raise VISTA3DError(f"Input image not found: {path}. Check the path (a volume file or a DICOM folder).")
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    # Opened once here so that a permission problem is reported as one, not as a damaged file.
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise VISTA3DError(
+            f"Cannot read {path}: {error.strerror or error}. Make the file readable for this user (check its "
+            "permissions and owner), or copy it to a folder of yours and read the copy."
+        ) from None
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
+    elif name.endswith((".mha", ".mhd")):
+        _check_metaimage_complete(path)
 
     import SimpleITK as sitk
 
@@ -138,6 +150,7 @@ def _read_dicom_series(folder: Path) -> Image:
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[chosen])
+    reader.MetaDataDictionaryArrayUpdateOn()  # the slice positions, to describe uneven spacing
     try:
         sitk_image = reader.Execute()
     except RuntimeError as error:
@@ -145,9 +158,52 @@ def _read_dicom_series(folder: Path) -> Image:
             f"Could not read the DICOM series in {folder} ({_itk_reason(error)}). Some files may be damaged "
             "or the series incomplete; re-export the series, or convert it to NIfTI (.nii.gz) first."
         ) from None
+    # GDCM leaves damaged slices out of the series and ITK then spreads the remaining slices evenly
+    # (only printing a warning), which would stretch the volume: refuse instead. ITK flags deviations
+    # of 0.01% of the spacing, which rounding in the slice positions of real series reaches.
+    if sitk_image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
+        gaps = _slice_gaps(reader)
+        spacing = sitk_image.GetSpacing()[2]
+        if np.abs(gaps - spacing).max() > _SLICE_GAP_TOLERANCE * spacing:
+            listed = {Path(name).name for names in files.values() for name in names}
+            raise _uneven_slices_error(folder, gaps, spacing, listed)
     _check_scalar_volume(f"The DICOM series in {folder}", sitk_image.GetDimension(), sitk_image.GetSize(),
                          sitk_image.GetNumberOfComponentsPerPixel())
     return image_from_sitk(sitk_image)
+
+
+#: Slices further than this fraction of the slice spacing from an even spacing are refused.
+_SLICE_GAP_TOLERANCE = 0.1
+
+
+def _slice_gaps(reader: "SimpleITK.ImageSeriesReader") -> np.ndarray:
+    """Distances (mm) between neighbouring slices of a series just read, from their positions (0020,0032)."""
+    positions = np.array([[float(value) for value in reader.GetMetaData(index, "0020|0032").split("\\")]
+                          for index in range(len(reader.GetFileNames()))])
+    return np.linalg.norm(np.diff(positions, axis=0), axis=1)
+
+
+def _uneven_slices_error(folder: Path, gaps: np.ndarray, spacing: float, listed: set[str]) -> VISTA3DError:
+    """The error for a DICOM series with missing or unevenly spaced slices, naming likely damaged files.
+
+    ``listed`` holds the names of the files GDCM put in some series; the other files of the
+    folder are the ones it could not read.
+    """
+    deviation = float(np.abs(gaps - spacing).max())
+    unlisted = sorted(entry.name for entry in folder.iterdir()
+                      if entry.is_file() and not entry.name.startswith(".") and entry.name not in listed)
+    if unlisted:
+        more = f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else ""
+        cause = (f"{len(unlisted)} file(s) of the folder are not part of any DICOM series and are probably "
+                 f"damaged slices: {', '.join(unlisted[:3])}{more}. ")
+    else:
+        cause = "No damaged file was found in the folder, so slices are probably missing from it. "
+    return VISTA3DError(
+        f"The DICOM series in {folder} has missing or unevenly spaced slices: neighbouring slices are "
+        f"{gaps.min():.4g} to {gaps.max():.4g} mm apart, up to {deviation:.3g} mm off the average slice spacing "
+        f"of {spacing:.4g} mm, so the volume would be distorted. {cause}Export or copy the series again, "
+        "or load it in 3D Slicer (which handles irregular slice spacing) and save it as .nrrd."
+    )
 
 
 def _check_scalar_volume(source: str | Path, dimension: int, size: tuple[int, ...], components: int) -> None:
@@ -202,6 +258,74 @@ def _check_nifti_complete(path: Path) -> None:
         found = path.stat().st_size
     if found < expected:
         raise corrupted(f"{found} bytes of header and voxel data, {expected} expected")
+
+
+#: Bytes per element of the MetaImage element types whose size is certain (MET_LONG and
+#: MET_ULONG are left out: their size has differed between MetaIO versions and platforms).
+_METAIMAGE_ELEMENT_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_FLOAT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_DOUBLE": 8,
+}
+
+
+def _check_metaimage_complete(path: Path) -> None:
+    """Refuse a compressed MetaImage (``.mha``/``.mhd``) whose voxel data are truncated or corrupted.
+
+    ITK's MetaImage reader only prints "Uncompress failed" and returns garbage voxels, so the
+    zlib stream is decompressed here once (which checks its Adler-32 checksum at the end).
+    Uncompressed data and headers this does not understand are left to ITK.
+    """
+    import math
+    import zlib
+
+    def corrupted(reason: str) -> VISTA3DError:
+        return VISTA3DError(
+            f"The MetaImage file {path} is truncated or corrupted ({reason}). Copy or download it again, "
+            "or re-export it from the program that made it."
+        )
+
+    # The header is "Key = Value" lines; ElementDataFile is the last, and LOCAL data follow it.
+    header: dict[str, str] = {}
+    with open(path, "rb") as stream:
+        while "ElementDataFile" not in header:
+            key, equals, value = stream.readline(4096).partition(b"=")
+            if not equals:
+                return  # not a MetaImage header
+            header[key.strip().decode("latin-1")] = value.strip().decode("latin-1")
+        data_offset = stream.tell()
+    if header.get("CompressedData", "").lower() != "true" or header.get("HeaderSize", "0") != "0":
+        return  # (data after a header of another size: a layout not reproduced here)
+    try:
+        elements = math.prod(int(n) for n in header["DimSize"].split()) * int(
+            header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return
+    if header["ElementDataFile"] == "LOCAL":
+        source, offset = path, data_offset
+    else:
+        source, offset = path.parent / header["ElementDataFile"], 0
+        if not source.is_file():
+            return  # a list or pattern of slice files, or a missing file, which ITK reports
+
+    decompressor = zlib.decompressobj()
+    found = 0
+    try:
+        with open(source, "rb") as stream:
+            stream.seek(offset)
+            while not decompressor.eof:
+                data = decompressor.unconsumed_tail or stream.read(1 << 20)
+                if not data:
+                    found += len(decompressor.flush())
+                    break
+                # At most 16 MiB out per call: a highly compressed labelmap must not fill the memory.
+                found += len(decompressor.decompress(data, 1 << 24))
+    except zlib.error as error:
+        raise corrupted(f"compressed data damaged in {source.name}: {error}") from None
+    if not decompressor.eof:
+        raise corrupted(f"the compressed data in {source.name} end early")
+    element_bytes = _METAIMAGE_ELEMENT_BYTES.get(header.get("ElementType", ""))
+    if element_bytes and found < elements * element_bytes:
+        raise corrupted(f"{found} bytes of voxel data, {elements * element_bytes} expected")
 
 
 def _itk_reason(error: RuntimeError) -> str:
