@@ -338,3 +338,81 @@ def test_batch_inputs_leave_out_hidden_files_such_as_an_interrupted_write(tmp_pa
     for name in ("case_a.nii.gz", ".case_a.nii.gz.0123abcd.tmp.nii.gz", "labels.seg.nrrd", "notes.txt", "case_b.nrrd"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in _find_cases(str(tmp_path))] == ["case_a.nii.gz", "case_b.nrrd"]
+
+
+class _ShapeEngine:
+    """An engine that labels every voxel 1: its outputs show which input they came from by their shape."""
+
+    def segment(self, image, label_ids, progress=None, cancel=None):
+        return image.with_array(np.ones(image.shape, dtype=np.uint8))
+
+
+def _write_ct(path, shape) -> None:
+    """A small CT-like volume (air around a body of water) that passes the CT check."""
+    volume = np.full(shape, -1000, dtype=np.int16)
+    volume[2:-2, 2:-2, 1:-1] = 40
+    sitk.WriteImage(sitk.GetImageFromArray(volume.transpose()), str(path))
+
+
+def test_batch_inputs_differing_only_by_their_ending_get_outputs_of_their_own(capsys, tmp_path, monkeypatch):
+    from VISTA3DSlicerLib import cli
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shapes = {"a.nii.gz": (10, 11, 12), "a.nrrd": (13, 11, 12), "A.mha": (14, 11, 12), "b.nii.gz": (15, 11, 12)}
+    for name, shape in shapes.items():
+        _write_ct(cases / name, shape)
+    monkeypatch.setattr(cli, "_engine", lambda args: _ShapeEngine())
+
+    code, out, err = run(capsys, "batch", cases, "-o", tmp_path / "out", "--labels", "liver")
+    assert code == 0, err
+    outputs = {"a_nii_gz.nii.gz": "a.nii.gz", "a_nrrd.nii.gz": "a.nrrd", "A_mha.nii.gz": "A.mha", "b.nii.gz": "b.nii.gz"}
+    written = {p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")}
+    assert written == set(outputs) | {SUMMARY_NAME}
+    for output, source in outputs.items():
+        assert nib.load(tmp_path / "out" / output).shape == shapes[source]
+    rows = {row["case"]: row for row in csv.DictReader(open(tmp_path / "out" / SUMMARY_NAME))}
+    assert {case: row["input"].rsplit("/", 1)[-1] for case, row in rows.items()} == {
+        name.split(".")[0] if name == "b.nii.gz" else output.split(".")[0]: name
+        for output, name in outputs.items()
+    }
+
+
+def test_batch_into_the_inputs_folder_is_refused_before_anything_is_written(capsys, tmp_path, monkeypatch):
+    from VISTA3DSlicerLib import cli
+
+    _write_ct(tmp_path / "a.nii.gz", (10, 11, 12))
+    before = (tmp_path / "a.nii.gz").read_bytes()
+    monkeypatch.setattr(cli, "_engine", lambda args: _ShapeEngine())
+    code, out, err = run(capsys, "batch", tmp_path, "-o", tmp_path, "--labels", "liver", "--overwrite")
+    assert code == 1
+    assert f"The output folder {tmp_path} holds the inputs (a.nii.gz)" in err and "another folder with --output" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+    assert (tmp_path / "a.nii.gz").read_bytes() == before
+
+
+def test_a_second_batch_on_the_same_output_folder_is_refused(capsys, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from VISTA3DSlicerLib import cli
+
+    _write_ct(tmp_path / "a.nii.gz", (10, 11, 12))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    holder = subprocess.Popen(  # the first batch, as far as the folder can tell: another process holding its lock
+        [sys.executable, "-c", "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(out_dir / ".vista3d_batch.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(cli, "_engine", lambda args: _ShapeEngine())
+        code, out, err = run(capsys, "batch", tmp_path / "a.nii.gz", "-o", out_dir, "--labels", "liver")
+        assert code == 1
+        assert f"Another vista3d batch is writing to {out_dir}" in err
+        assert [p.name for p in out_dir.iterdir()] == [".vista3d_batch.lock"]
+    finally:
+        holder.communicate("")
+    code, out, err = run(capsys, "batch", tmp_path / "a.nii.gz", "-o", out_dir, "--labels", "liver")
+    assert code == 0 and (out_dir / "a.nii.gz").is_file()  # once the first batch is gone

@@ -16,6 +16,7 @@ import glob
 import logging
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
@@ -398,10 +399,6 @@ def _progress_bar(desc: str) -> Iterator[ProgressCallback]:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .io import write_labelmap, write_preview_png
-
     cases = list(_find_cases(args.inputs))
     if not cases:
         raise VISTA3DError(
@@ -409,13 +406,24 @@ def _batch(args: argparse.Namespace) -> int:
             "(or DICOM series folders), or a quoted glob pattern."
         )
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _case_names(cases, out_dir)
     label_ids = _label_ids(args.labels)
+    with _batch_lock(out_dir):
+        return _run_batch(args, cases, names, out_dir, label_ids)
+
+
+def _run_batch(args: argparse.Namespace, cases: list[Path], names: dict[Path, str], out_dir: Path,
+               label_ids: Optional[list[int]]) -> int:
+    """``vista3d batch`` once its cases, their names and the output folder are settled and locked."""
+    from tqdm import tqdm
+
+    from .io import write_labelmap, write_preview_png
+
     summary = out_dir / SUMMARY_NAME
     earlier = _read_summary(summary)  # read before this run replaces it: what it says of the cases skipped now
 
     def output(source: Path) -> Path:
-        return out_dir / f"{_case_name(source)}.{args.format}"
+        return out_dir / f"{names[source]}.{args.format}"
 
     def should_skip(source: Path) -> Optional[str]:
         return "output exists (use --overwrite to redo)" if output(source).exists() and not args.overwrite else None
@@ -425,7 +433,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     def process(source: Path, progress: ProgressCallback, cancel: CancelToken) -> None:
         nonlocal engine, load_error
-        name = _case_name(source)
+        name = names[source]
         image = _read_ct(source)
         if engine is None:
             try:
@@ -461,7 +469,7 @@ def _batch(args: argparse.Namespace) -> int:
         _write_summary(summary, rows)
 
     with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
-        report = run_batch(cases, process, name=_case_name, should_skip=should_skip, on_result=record)
+        report = run_batch(cases, process, name=names.__getitem__, should_skip=should_skip, on_result=record)
     if load_error is not None:
         raise load_error
     counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
@@ -490,12 +498,68 @@ def _holds_dicom_series(folder: Path) -> bool:
     return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _case_names(cases: Sequence[Path], out_dir: Path) -> dict[Path, str]:
+    """Each case's name, which names its outputs: the file name without its image ending.
+
+    Cases whose names differ only by that ending or by case (``a.nii.gz`` and ``a.nrrd``, the DICOM
+    folder ``A``) keep it (``a_nii_gz``, ``a_nrrd``, ``A_dicom``), so that no case takes another's output,
+    on a disk that ignores case too. Refused: an output folder that holds inputs, where a result could
+    replace one and would be taken for a case by the next batch.
+    """
+    out_dir = out_dir.resolve()
+    inside = [case for case in cases if case.resolve().parent == out_dir]
+    if inside:
+        raise VISTA3DError(
+            f"The output folder {out_dir} holds the inputs ({inside[0].name}{', ...' if len(inside) > 1 else ''}): "
+            "results written there could replace them, and the next batch would take the results for cases. "
+            "Give another folder with --output."
+        )
+    stems = {case: _strip_image_suffix(case.name) for case in cases}
+    counts = Counter(stem.casefold() for stem in stems.values())
+    names = {
+        case: stem if counts[stem.casefold()] == 1 else f"{stem}_{_image_suffix(case).strip('.').replace('.', '_') or 'dicom'}"
+        for case, stem in stems.items()
+    }
+    clashes = [name for name, count in Counter(name.casefold() for name in names.values()).items() if count > 1]
+    if clashes:  # e.g. a.nii and a_nii.nii.gz next to a.nii.gz: too rare to name more cleverly
+        raise VISTA3DError(
+            f"Several inputs would write the outputs named {clashes[0]!r}: rename one of them, or run them "
+            "in separate batches with different --output folders."
+        )
+    return names
+
+
+def _image_suffix(path: Path) -> str:
+    """The image ending of ``path``'s name (``.nii.gz``), or "" (a DICOM folder)."""
+    return next((suffix for suffix in IMAGE_SUFFIXES if path.name.lower().endswith(suffix)), "")
+
+
+def _strip_image_suffix(name: str) -> str:
+    return name[: len(name) - len(_image_suffix(Path(name)))]
+
+
+@contextlib.contextmanager
+def _batch_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for this batch: a second batch there would rewrite the summary under the first."""
+    from filelock import FileLock, Timeout
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out_dir / ".vista3d_batch.lock"))
+        lock.acquire(timeout=0)
+    except Timeout:  # an OSError too: caught first
+        raise VISTA3DError(
+            f"Another vista3d batch is writing to {out_dir}. Wait for it to finish (cases it has done are "
+            "skipped when you run this batch again), or give another folder with --output."
+        ) from None
+    except OSError as error:
+        raise VISTA3DError(
+            f"Cannot write to the output folder {out_dir}: {error.strerror or error}. Choose a writable folder."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 _SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "message")
