@@ -37,7 +37,7 @@ from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS
 from VISTA3DSlicerLib.io import ct_warning
-from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, weights_status
+from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, segments_replaced, weights_status
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
 
@@ -884,10 +884,13 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _confirmReplacing(segmentationNode, labelIds: list[int], replaceExisting: Optional[bool]) -> None:
         if segmentationNode is None:
             return
-        wanted = set(labels.expand_subclasses(labelIds))
         segmentation = segmentationNode.GetSegmentation()
-        existing = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
-                    if slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)) in wanted]
+        existing = segments_replaced(
+            [(segmentation.GetNthSegment(i).GetName(),
+              slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)))
+             for i in range(segmentation.GetNumberOfSegments())],
+            labelIds,
+        )
         if not existing or replaceExisting:
             return
         names = ", ".join(existing[:8]) + (_(" and {n} more").format(n=len(existing) - 8) if len(existing) > 8 else "")

@@ -11,7 +11,7 @@ from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.interactive import Session
 from VISTA3DSlicerLib.io import read_image
-from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, weights_status
+from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, segments_replaced, weights_status
 
 # ----------------------------------------------------------------------------------- the clicks
 
@@ -180,3 +180,19 @@ def test_weights_status_says_what_to_do_and_where_the_file_is(tmp_path, monkeypa
     assert status.ready and status.in_cache and status.path == cached
     assert [m.source.filename for m in WEIGHTS_MODELS[1:]] == [
         weights.SAM_SOURCES[k].filename for k in ("vit_b", "vit_l", "vit_h")]
+
+
+def test_segments_replaced_are_those_made_from_the_classes_asked_for():
+    """What the panel asks about before an automatic run writes into a segmentation that has results."""
+    segments = [
+        ("liver", 1),
+        ("my liver", None),  # drawn by the user, named like a class: never replaced
+        ("left kidney", 14),
+        ("right kidney", 5),
+        ("spleen (edited)", 3),  # renamed by the user: still the spleen result
+        ("zero-shot 133", 133),
+    ]
+    assert segments_replaced(segments, [1]) == ["liver"]
+    assert segments_replaced(segments, [2]) == ["left kidney", "right kidney"]  # the kidney group
+    assert segments_replaced(segments, [3, 6]) == ["spleen (edited)"]
+    assert segments_replaced(segments, [4, 7]) == []

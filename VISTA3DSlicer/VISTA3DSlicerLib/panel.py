@@ -197,6 +197,14 @@ class ClickEditor:
 # --------------------------------------------------------------------------------- the weights
 
 
+def segments_replaced(segments: Sequence[tuple[str, Optional[int]]], label_ids: Sequence[int]) -> list[str]:
+    """Names of the ``segments`` (name, the VISTA3D ID it was made from or None) that an automatic
+    result for ``label_ids`` replaces: those made from one of its classes, groups expanded. Segments
+    the user drew (None) are never replaced, whatever their names."""
+    wanted = set(label_table.expand_subclasses(label_ids))
+    return [name for name, label in segments if label is not None and label in wanted]
+
+
 @dataclass(frozen=True)
 class WeightsModel:
     """One entry of the panel's weights row: which checkpoint, and how it is found."""
