@@ -12,8 +12,10 @@ per thread); MRML and Qt are touched on the main thread only, in the worker's ca
 QTimer dispatches (or ``Job.wait`` when the caller asks to wait for completion).
 """
 
+import contextlib
 import importlib.util
 import logging
+import traceback
 from pathlib import Path
 from typing import Annotated, Callable, Optional, Union
 
@@ -71,6 +73,23 @@ SUPERVOXEL_MARGIN = 24
 POSITIVE_COLOR = (0.2, 0.8, 0.2)
 NEGATIVE_COLOR = (0.9, 0.2, 0.2)
 
+
+
+@contextlib.contextmanager
+def reportingErrors(title: str, waitCursor: bool = False):
+    """The body of a button's slot: a user error (``VISTA3DError``) is shown as its message alone,
+    anything else also with its traceback under "Details" and in the log. Nothing is raised into
+    Qt, which would print a bare traceback (``slicer.util.tryWithErrorDisplay`` raises again)."""
+    try:
+        with slicer.util.WaitCursor() if waitCursor else contextlib.nullcontext():
+            yield
+    except Cancelled:
+        pass  # the user's own choice: nothing to report
+    except VISTA3DError as error:
+        slicer.util.errorDisplay(f"{title}\n\n{error}")
+    except Exception as error:
+        logging.error(title, exc_info=error)
+        slicer.util.errorDisplay(f"{title}\n\n{error}", detailedText=traceback.format_exc())
 
 #
 # VISTA3DSlicer
@@ -419,7 +438,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not start VISTA3D."), waitCursor=False):
+        with reportingErrors(_("Could not start VISTA3D."), waitCursor=False):
             self.logic.installMissingDependencies()
             self._runningJob = self.logic.segment(
                 parameters.inputVolume, self._selection.ids, parameters.outputSegmentation,
@@ -457,7 +476,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDownloadWeights(self) -> None:
         model = self._weightsModel()
-        with slicer.util.tryWithErrorDisplay(_("Could not download the weights."), waitCursor=False):
+        with reportingErrors(_("Could not download the weights."), waitCursor=False):
             self.logic.installMissingDependencies()
             if not self.logic.askToDownload(model.source):
                 return
@@ -490,7 +509,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not slicer.util.confirmOkCancelDisplay(
                 _("Delete the downloaded {title} weights? They can be downloaded again.").format(title=model.title)):
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not delete the weights.")):
+        with reportingErrors(_("Could not delete the weights.")):
             delete_cached(model.source)
             self.logic.dropEngine()
         self._updateWeightsStatus()
@@ -614,7 +633,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onNewZeroShotSegment(self) -> None:
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not add a zero-shot segment.")):
+        with reportingErrors(_("Could not add a zero-shot segment.")):
             if not parameters.inputVolume:
                 raise VISTA3DError(_("Select an input volume first."))
             if not parameters.outputSegmentation:
@@ -628,7 +647,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onComputeSupervoxels(self) -> None:
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not compute supervoxels."), waitCursor=False):
+        with reportingErrors(_("Could not compute supervoxels."), waitCursor=False):
             self.logic.installMissingDependencies()
             self._runningJob = self.logic.computeSupervoxels(
                 parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self._targetSegmentId(),
@@ -677,7 +696,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumeNodes = [slicer.mrmlScene.GetNodeByID(self.ui.batchVolumeList.item(row).data(qt.Qt.UserRole))
                        for row in range(self.ui.batchVolumeList.count)
                        if self.ui.batchVolumeList.item(row).checkState() == qt.Qt.Checked]
-        with slicer.util.tryWithErrorDisplay(_("The batch could not start.")):
+        with reportingErrors(_("The batch could not start.")):
             if not volumeNodes:
                 raise VISTA3DError(_("Tick the volumes to segment first."))
             if not self._selection.ids:
@@ -700,7 +719,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self) -> None:
         parameters = self._parameterNode
         segmentationNode = self.ui.exportSegmentationSelector.currentNode()
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+        with reportingErrors(_("Export failed."), waitCursor=True):
             if segmentationNode is None:
                 raise VISTA3DError(_("Choose the segmentation to export."))
             path = self.ui.exportPathLineEdit.currentPath

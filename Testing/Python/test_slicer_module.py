@@ -1116,3 +1116,104 @@ def test_missing_volume_is_a_user_error(adapter):
 def test_consecutive_labels_numbers_present_labels_in_order(adapter):
     labelmap = np.array([[[0, 117, 3], [3, 0, 1]]], dtype=np.uint8)
     assert adapter.consecutive_labels(labelmap, [1, 3, 117]).tolist() == [[[0, 3, 2], [2, 0, 1]]]
+
+
+# ------------------------------------------------------------------------ the module's own Python
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """``VISTA3DSlicer.py`` imported with mock stand-ins for Slicer, Qt and VTK: for the parts of the
+    Logic and the slots' error reporting that are plain Python."""
+    from unittest import mock
+
+    class Base:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+    stand_ins = {name: mock.MagicMock(name=name) for name in (
+        "slicer", "slicer.util", "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule",
+        "qt", "vtk", "ctk")}
+    scripted = stand_ins["slicer.ScriptedLoadableModule"]
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+                 "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, type(name, (Base,), {}))
+    stand_ins["slicer.util"].VTKObservationMixin = type("VTKObservationMixin", (), {})
+    stand_ins["slicer.parameterNodeWrapper"].parameterNodeWrapper = lambda cls: cls
+    stand_ins["slicer.i18n"].tr = lambda text: text
+    stand_ins["slicer"].util = stand_ins["slicer.util"]
+    for name, stand_in in stand_ins.items():
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.delitem(sys.modules, "VISTA3DSlicer", raising=False)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    import VISTA3DSlicer
+
+    return VISTA3DSlicer
+
+
+@pytest.mark.parametrize("raised, details", [("VISTA3DError", False), ("RuntimeError", True), ("Cancelled", None)])
+def test_slot_errors_reach_the_user_as_a_message_and_never_as_a_raised_traceback(module, caplog, raised, details):
+    from VISTA3DSlicerLib import errors
+
+    error = getattr(errors, raised, None) or RuntimeError
+    errorDisplay = module.slicer.util.errorDisplay
+    with module.reportingErrors("Export failed."):
+        raise error("the folder is read-only") if error is not errors.Cancelled else error()
+    if details is None:  # a cancel the user asked for: no message box
+        errorDisplay.assert_not_called()
+        return
+    (message,), options = errorDisplay.call_args
+    assert message == "Export failed.\n\nthe folder is read-only"
+    assert ("Traceback" in options.get("detailedText", "")) is details  # a bug keeps its traceback for a report
+    assert ("Export failed." in caplog.text) is details
+
+
+class _Segments:
+    """A segmentation node stand-in holding (name, VISTA3D ID or None) segments, which
+    ``label`` gives back in place of ``slicer_adapter.segment_label``."""
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def label(self, segment_id: str):
+        return self.segments[int(segment_id.removeprefix("id"))][1]
+
+    def GetName(self) -> str:
+        return "Segmentation"
+
+    def GetSegmentation(self):
+        from unittest import mock
+
+        segmentation = mock.MagicMock()
+        segmentation.GetNumberOfSegments.return_value = len(self.segments)
+        segmentation.GetNthSegmentID.side_effect = lambda i: f"id{i}"
+        segmentation.GetNthSegment.side_effect = lambda i: mock.MagicMock(GetName=lambda: self.segments[i][0])
+        return segmentation
+
+
+@pytest.mark.parametrize("replace, answer, asks, changes", [
+    (None, True, True, True),  # asked, agreed
+    (None, False, True, False),  # asked, refused: nothing changes
+    (False, None, False, False),  # never replace
+    (True, None, False, True),  # replace without asking (scripts)
+])
+def test_replacing_earlier_results_is_asked_or_refused(module, monkeypatch, replace, answer, asks, changes):
+    node = _Segments([("liver", 1), ("my liver", None), ("spleen", 3)])
+    monkeypatch.setattr(module.slicer_adapter, "segment_label", _Segments.label)
+    confirm = module.slicer.util.confirmOkCancelDisplay
+    confirm.return_value = answer
+    if changes:
+        module.VISTA3DSlicerLogic._confirmReplacing(node, [1, 3], replace)
+    else:
+        with pytest.raises(module.VISTA3DError, match=r"Nothing was changed: liver, spleen would have been replaced"):
+            module.VISTA3DSlicerLogic._confirmReplacing(node, [1, 3], replace)
+    assert confirm.called is asks
+    if asks:
+        assert "'Segmentation' already has liver, spleen" in confirm.call_args.args[0]
+
+
+def test_nothing_to_replace_asks_nothing(module, monkeypatch):
+    monkeypatch.setattr(module.slicer_adapter, "segment_label", _Segments.label)
+    module.VISTA3DSlicerLogic._confirmReplacing(_Segments([("my liver", None)]), [1], None)
+    module.VISTA3DSlicerLogic._confirmReplacing(None, [1], None)  # a new segmentation
+    module.slicer.util.confirmOkCancelDisplay.assert_not_called()
