@@ -1,4 +1,4 @@
-"""The automatic engine against the bundle's pipeline (the oracle in reference_pipeline.py)."""
+"""The automatic engine against the bundle's pipeline (the oracle, VISTA3DSlicerLib/reference.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from reference_pipeline import run_reference
+from VISTA3DSlicerLib.reference import run_reference
 
 from VISTA3DSlicerLib.engine import Engine, count_windows
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError

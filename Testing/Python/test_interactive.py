@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference_pipeline import run_reference
+from VISTA3DSlicerLib.reference import run_reference
 
 from VISTA3DSlicerLib.engine import Engine
 from VISTA3DSlicerLib.errors import VISTA3DError

@@ -8,16 +8,20 @@ values, and it lets the benchmark run where the real weights cannot be downloade
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 import os
 import platform
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .errors import VISTA3DError
 from .geometry import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The example CT the project's tests use, when ``../shared/data`` is beside the checkout.
 DEFAULT_INPUT = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-example/example_ct_sm.nii.gz"
@@ -192,17 +196,21 @@ def run_click_benchmark(
     return result
 
 
-def phantom_ct(size: int) -> Image:
-    """A CT-like cube of ``size``³ voxels at 1 mm: an ellipsoid body of soft tissue in air, with
-    a denser organ and a bone. SAM's time per slice does not depend on the content."""
+def phantom_ct(shape: Sequence[int], spacing: float = 1.0) -> Image:
+    """A CT-like volume of ``shape`` voxels at ``spacing`` mm: an ellipsoid body of soft tissue in
+    air, with a denser organ and a bone. Timing does not depend on the content beyond the body's
+    extent (the crop to the body)."""
     import numpy as np
 
-    grid = (np.indices((size,) * 3).astype(np.float32) - (size - 1) / 2) / (size / 2)
-    body = (grid[0] / 0.9) ** 2 + (grid[1] / 0.75) ** 2 + (grid[2] / 1.2) ** 2 <= 1
-    organ = (grid[0] - 0.3) ** 2 + (grid[1] + 0.1) ** 2 + grid[2] ** 2 <= 0.1
-    bone = grid[0] ** 2 + (grid[1] - 0.5) ** 2 <= 0.01
+    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
+    grid = [(np.arange(n, dtype=np.float32) - c) / (n / 2) for n, c in zip(shape, centre)]
+    x, y, z = np.meshgrid(*grid, indexing="ij", sparse=True)
+    body = (x / 0.9) ** 2 + (y / 0.75) ** 2 + (z / 1.2) ** 2 <= 1
+    organ = (x - 0.3) ** 2 + (y + 0.1) ** 2 + z**2 <= 0.1
+    bone = x**2 + (y - 0.5) ** 2 <= 0.01
     hu = np.where(body, 40.0, -1000.0) + np.where(organ & body, 60.0, 0.0) + np.where(bone & body, 660.0, 0.0)
-    return Image(hu.astype(np.float32), np.eye(4))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    return Image(hu.astype(np.float32), affine)
 
 
 def run_supervoxel_benchmark(
@@ -218,7 +226,7 @@ def run_supervoxel_benchmark(
     if sam_weights is None:
         torch.manual_seed(0)
     sam = build_sam(sam_kind, sam_weights, torch_device)
-    image = phantom_ct(roi_size)
+    image = phantom_ct((roi_size,) * 3)
     phases: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -249,6 +257,187 @@ def run_supervoxel_benchmark(
     ])
     print(f"{result['machine']}\nsupervoxels of a {result['roi']}: {total:.1f} s\nappended to {output}")
     return result
+
+
+#: Tera floating-point operations of one 128³ window through the encoder and the class head
+#: (reference doc §10; 4.0 with both decoders): what the achieved FLOP/s are counted from.
+WINDOW_TFLOP = 2.9
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """One timed segmentation, run in a process of its own so that its peak memory is its own."""
+
+    pipeline: str  # "engine" (ours) or "reference" (the bundle's MONAI components)
+    source: str  # a volume file both pipelines read
+    label_ids: Optional[tuple[int, ...]]  # None: everything
+    precision: str
+    device: str
+    weights: Optional[str]
+
+
+def run_reference_comparison(
+    input_path: Optional[str],
+    phantom: Optional[str],
+    labels: str,
+    weights: Optional[str],
+    device: str,
+    precisions: Sequence[str],
+    output: Path,
+    json_output: Path,
+) -> list[dict]:
+    """Time our engine against the reference pipeline on one volume, at each of ``precisions``.
+
+    Each segmentation runs in a fresh process (``spawn``), from reading the file to the labelmap
+    on the input grid, so that each peak of host and GPU memory is that run's. The two labelmaps
+    of a precision are compared voxel by voxel. Appends to ``output`` (Markdown) and ``json_output``.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from .labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
+    from .model import resolve_device
+
+    label_ids = parse_label_prompt(labels)
+    validate_automatic_prompt(label_ids)
+    classes = len(expand_subclasses(label_ids)) if label_ids is not None else 117
+    torch_device = resolve_device(device)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vista3d-bench-") as folder:
+        source, description = _comparison_input(input_path, phantom, Path(folder))
+        for precision in precisions:
+            runs = {
+                pipeline: _run_in_child(
+                    PipelineRun(pipeline, str(source), None if label_ids is None else tuple(label_ids), precision,
+                                str(torch_device), weights),
+                    Path(folder) / f"{pipeline}-{precision}.npy",
+                )
+                for pipeline in ("reference", "engine")
+            }
+            (reference, reference_labels), (engine, engine_labels) = runs["reference"], runs["engine"]
+            agreement = float(np.mean(reference_labels == engine_labels))
+            result = {
+                "date": datetime.date.today().isoformat(),
+                "machine": machine_description(torch_device),
+                "weights": weights or "random vista3d132 weights (seed 0)",
+                "input": description,
+                "classes": classes,
+                "precision": precision,
+                "reference": reference,
+                "engine": engine,
+                "speedup": reference["seconds"] / engine["seconds"],
+                "agreement": agreement,
+                "identical": bool(np.array_equal(reference_labels, engine_labels)),
+                "command": _command(),
+            }
+            results.append(result)
+            print(f"{precision}: reference {reference['seconds']:.1f} s, ours {engine['seconds']:.1f} s "
+                  f"({result['speedup']:.2f}x), labels agree on {agreement:.4%} of voxels", flush=True)
+    _append_comparison(output, results)
+    _append_json(json_output, results)
+    print(f"appended to {output} and {json_output}")
+    return results
+
+
+def _comparison_input(input_path: Optional[str], phantom: Optional[str], folder: Path) -> tuple[Path, str]:
+    """The volume file to segment and its description: ``input_path``, or a phantom written to ``folder``.
+
+    ``phantom`` is ``XxYxZ`` voxels at 0.8 mm (the issue's 333x333x603 and 512x512x512), or ``XxYxZ@S`` at S mm.
+    """
+    from .io import image_to_sitk, read_image
+
+    if phantom is None:
+        source = _source(input_path)
+        image = read_image(source)
+        return source, f"{source.name} {image.shape} at {tuple(round(float(s), 2) for s in image.spacing)} mm"
+    size, _, spacing = phantom.partition("@")
+    try:
+        shape = tuple(int(n) for n in size.lower().split("x"))
+        mm = float(spacing or 0.8)
+    except ValueError:
+        shape, mm = (), 0.0
+    if len(shape) != 3 or min(shape) < 2 or mm <= 0:
+        raise VISTA3DError(f"--phantom {phantom!r}: give the size as XxYxZ voxels, e.g. 333x333x603 or 512x512x512@0.8.")
+    import SimpleITK as sitk
+
+    image = phantom_ct(shape, mm)
+    source = folder / f"phantom_{'x'.join(map(str, shape))}.nii.gz"
+    sitk.WriteImage(image_to_sitk(image.with_array(image.array.astype("int16"))), str(source), True)  # HU as a CT stores them
+    return source, f"phantom {shape} at {mm} mm"
+
+
+def _run_in_child(run: PipelineRun, labels_path: Path) -> tuple[dict, "np.ndarray"]:
+    """``_measure(run)`` in a fresh process; its figures and the labelmap it made."""
+    import multiprocessing
+
+    import numpy as np
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        figures = pool.apply(_measure, (run, str(labels_path)))
+    return figures, np.load(labels_path)
+
+
+def _measure(run: PipelineRun, labels_path: str) -> dict:
+    """Segment ``run.source`` with ``run.pipeline``; save the labelmap to ``labels_path``, return the figures."""
+    import numpy as np
+    import torch
+
+    from .model import build_network, load_network
+
+    device = torch.device(run.device)
+    if run.weights:
+        network = load_network(run.weights, device)
+    else:
+        torch.manual_seed(0)
+        network = build_network().eval().to(device)
+    started = time.perf_counter()
+    if run.pipeline == "engine":
+        from .engine import Engine
+        from .io import read_image
+
+        labels = Engine(network, device, run.precision).segment(read_image(run.source), run.label_ids).array
+    else:
+        from .reference import run_reference
+
+        labels = run_reference(run.source, network, run.label_ids, device=device, precision=run.precision)
+    _synchronize(device)
+    seconds = time.perf_counter() - started
+    np.save(labels_path, np.asarray(labels).astype(np.uint8))
+    return {
+        "seconds": seconds,
+        "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def _append_comparison(path: Path, results: list[dict]) -> None:
+    first = results[0]
+    rows = []
+    for result in results:
+        reference, engine, precision = result["reference"], result["engine"], result["precision"]
+        rows += [
+            (f"{precision}: reference pipeline, end to end", f"{reference['seconds']:.1f} s"),
+            (f"{precision}: ours, end to end", f"{engine['seconds']:.1f} s ({result['speedup']:.2f}x the reference)"),
+            (f"{precision}: labels agreeing with the reference at {precision}",
+             f"{result['agreement']:.4%}" + (" (identical)" if result["identical"] else "")),
+            (f"{precision}: peak host memory (max RSS of the process), reference / ours",
+             f"{reference['peak_host_memory_gib']:.2f} / {engine['peak_host_memory_gib']:.2f} GiB"),
+        ]
+        if engine["peak_gpu_memory_gib"] is not None:
+            rows.append((f"{precision}: peak GPU memory, reference / ours",
+                         f"{reference['peak_gpu_memory_gib']:.2f} / {engine['peak_gpu_memory_gib']:.2f} GiB"))
+    _append_section(path, f"ours against the reference pipeline, {first['classes']} classes", first, rows,
+                    context=f"Input: {first['input']}; each run in a fresh process, from reading the file to "
+                            "the labelmap on the input grid")
+
+
+def _append_json(path: Path, results: list[dict]) -> None:
+    """Add ``results`` to the JSON list in ``path`` (created if missing)."""
+    import json
+
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(earlier + results, indent=1) + "\n")
 
 
 def _command() -> str:

@@ -197,6 +197,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     bench.add_argument("--sam-weights", help="with --supervoxels: SAM checkpoint (default: random weights)")
+    bench.add_argument(
+        "--reference", action="store_true",
+        help="time ours against the reference pipeline (the bundle's MONAI components) on --input or --phantom, "
+        "each run in a fresh process, at each of --precisions; compare their labels",
+    )
+    bench.add_argument("--phantom", metavar="XxYxZ[@MM]", help="with --reference: a CT-like phantom (default 0.8 mm)")
+    bench.add_argument("--precisions", default=None,
+                       help="with --reference: comma-separated, e.g. fp32,bf16 (default: --precision)")
+    bench.add_argument("--json", default="BENCHMARKS.json", help="with --reference: JSON file the results are added to")
     bench.set_defaults(run=_bench)
     return parser
 
@@ -686,8 +695,16 @@ def _download_with_bar(source):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark, run_click_benchmark, run_supervoxel_benchmark
+    from .bench import run_benchmark, run_click_benchmark, run_reference_comparison, run_supervoxel_benchmark
 
+    if args.reference:
+        precisions = [p.strip() for p in (args.precisions or args.precision).split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+        if unknown or not precisions:
+            raise VISTA3DError(f"--precisions {args.precisions!r}: give fp32, fp16 or bf16, comma-separated.")
+        run_reference_comparison(args.input, args.phantom, args.labels, args.weights, args.device, precisions,
+                                 Path(args.output), Path(args.json))
+        return 0
     if args.supervoxels:
         run_supervoxel_benchmark(
             args.supervoxels, args.sam_model, args.sam_weights, args.device, args.precision, Path(args.output)

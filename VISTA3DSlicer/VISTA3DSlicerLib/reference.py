@@ -1,6 +1,6 @@
-"""The test oracle: the VISTA3D bundle's ``configs/inference.json`` wired with MONAI components.
+"""The reference pipeline: the VISTA3D bundle's ``configs/inference.json`` wired with MONAI components.
 
-This follows the reference doc §5 step by step (LoadImaged with nibabel, Spacing, crop to
+The tests' oracle and what ``vista3d bench`` times the engine against. This follows the reference doc §5 step by step (LoadImaged with nibabel, Spacing, crop to
 HU > 0, VistaPreTransformd, intensity scaling, RAS, the bundle inferer's sliding window,
 VistaPostTransformd, Invertd with nearest, NaN -> 255). It is deliberately written out as
 the bundle wires it, independent of the engine's code, so that the engine can be checked
@@ -12,10 +12,14 @@ from ``class_vector``, and ``VistaPostTransformd`` keeping the components of pos
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+from .model import autocast
+
+if TYPE_CHECKING:
+    import torch
 
 # The bundle's inference.json values (reference doc §2.2 and §5).
 EVERYTHING_LABELS = sorted(
@@ -30,16 +34,23 @@ SUBCLASS = {
 
 def run_reference(
     image_path: str | Path,
-    network: torch.nn.Module,
+    network: "torch.nn.Module",
     label_prompt: Sequence[int] | None,
     points: Sequence[Sequence[float]] | None = None,
     point_labels: Sequence[int] | None = None,
+    *,
+    device: "torch.device | str" = "cpu",
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Labelmap (float array on the input grid, nibabel's [i, j, k]) that the bundle produces, fp32 on CPU.
+    """Labelmap (float array on the input grid, nibabel's [i, j, k]) that the bundle produces.
 
     ``points`` are voxel indices of the input array; ``point_labels`` 1 positive, 0 negative.
-    Voxels outside every point window are 255, as the bundle writes them.
+    Voxels outside every point window are 255, as the bundle writes them. ``device`` holds the
+    image from its loading on (the bundle's ``EnsureTyped(device=@device)``) and the network;
+    ``precision`` other than fp32 runs the network under autocast (the bundle's ``amp: true``
+    is fp16 on a GPU).
     """
+    import torch
     from monai.apps.vista3d.transforms import VistaPreTransformd
     from monai.inferers import SlidingWindowInfererAdapt
     from monai.transforms import (
@@ -60,7 +71,7 @@ def run_reference(
         [
             LoadImaged(keys="image", image_only=True),
             EnsureChannelFirstd(keys="image"),
-            EnsureTyped(keys="image", device="cpu", track_meta=True),
+            EnsureTyped(keys="image", device=device, track_meta=True),
             Spacingd(keys="image", pixdim=[1.5, 1.5, 1.5], mode="bilinear"),
             CropForegroundd(keys="image", source_key="image", margin=10, allow_smaller=True),
             VistaPreTransformd(keys="image", subclass=SUBCLASS, labels_dict=None),
@@ -83,11 +94,12 @@ def run_reference(
     data = preprocessing(data)  # VistaPreTransformd turns click labels 0/1 into 2/3 for its special IDs
 
     inputs = data["image"][None]
-    network = network.eval()
+    network = network.eval().to(device)
     if points is not None:
-        return _reference_points(data, inputs, network, preprocessing)
-    class_vector = torch.as_tensor([data["label_prompt"]])[0].unsqueeze(-1)
-    with torch.no_grad():
+        with autocast(torch.device(device), precision):
+            return _reference_points(data, inputs, network, preprocessing)
+    class_vector = torch.as_tensor([data["label_prompt"]], device=device)[0].unsqueeze(-1)
+    with torch.no_grad(), autocast(torch.device(device), precision):
         # Vista3dInferer without points: SlidingWindowInfererAdapt with its defaults (overlap 0.25,
         # constant blending), replicate padding and patch coordinates.
         inferer = SlidingWindowInfererAdapt(
@@ -110,8 +122,9 @@ def run_reference(
     return _postprocess(data, preprocessing)
 
 
-def _reference_points(data: dict, inputs: torch.Tensor, network: torch.nn.Module, preprocessing) -> np.ndarray:
+def _reference_points(data: dict, inputs: "torch.Tensor", network: "torch.nn.Module", preprocessing) -> np.ndarray:
     """Vista3dEvaluator + Vista3dInferer with points (``use_point_window=True``)."""
+    import torch
     from monai.apps.vista3d.inferer import point_based_window_inferer
 
     label_prompt = data.get("label_prompt")
@@ -149,6 +162,7 @@ def _reference_points(data: dict, inputs: torch.Tensor, network: torch.nn.Module
 
 
 def _postprocess(data: dict, preprocessing) -> np.ndarray:
+    import torch
     from monai.apps.vista3d.transforms import VistaPostTransformd
     from monai.transforms import Compose, Invertd, Lambdad
 
