@@ -27,18 +27,23 @@ def test_phantom_has_the_shape_spacing_and_a_body_in_air():
 def test_reference_comparison_on_a_phantom_records_identical_fp32_labels(tmp_path, capsys, small_checkpoint):
     markdown, records = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
     code = main(["bench", "--reference", "--phantom", "60x50x40@3", "--labels", "liver,spleen",
-                 "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32",
+                 "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32,bf16",
                  "--output", str(markdown), "--json", str(records)])
     assert code == 0, capsys.readouterr().err
-    (result,) = json.loads(records.read_text())
+    result, bf16 = json.loads(records.read_text())
+    assert bf16["precision"] == "bf16" and 0 < bf16["agreement"] <= 1
     assert result["precision"] == "fp32" and result["classes"] == 2
     assert result["identical"] and result["agreement"] == 1.0  # the same pipeline at fp32, voxel for voxel
     assert result["input"] == "phantom (60, 50, 40) at 3.0 mm"
     for run in (result["reference"], result["engine"]):
         assert run["seconds"] > 0 and run["peak_host_memory_gib"] > 0.1 and run["peak_gpu_memory_gib"] is None
+    assert result["engine"]["windows"] == 1 and result["reference"]["windows"] is None  # one 128³ window at 1.5 mm
     text = markdown.read_text()
     assert "ours against the reference pipeline, 2 classes" in text
     assert "fp32: labels agreeing with the reference at fp32 | 100.0000% (identical)" in text
+    assert "fp32: ours, network rate (1 windows x 2.9 TFLOP" in text
+    speedup = result["reference"]["seconds"] / bf16["engine"]["seconds"]
+    assert f"| ours at bf16 against the reference at fp32 | {speedup:.2f}x faster |" in text
 
 
 @pytest.mark.parametrize("phantom", ["333x333", "0x10x10", "axbxc", "10x10x10@-1"])

@@ -391,12 +391,19 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     else:
         torch.manual_seed(0)
         network = build_network().eval().to(device)
+    windows = []  # the engine's count of windows, from its progress reports
+
+    def count_windows(done: int, total: int, message: str) -> None:
+        if message.startswith("Window"):
+            windows.append(total)
+
     started = time.perf_counter()
     if run.pipeline == "engine":
         from .engine import Engine
         from .io import read_image
 
-        labels = Engine(network, device, run.precision).segment(read_image(run.source), run.label_ids).array
+        engine = Engine(network, device, run.precision)
+        labels = engine.segment(read_image(run.source), run.label_ids, progress=count_windows).array
     else:
         from .reference import run_reference
 
@@ -406,6 +413,7 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     np.save(labels_path, np.asarray(labels).astype(np.uint8))
     return {
         "seconds": seconds,
+        "windows": windows[-1] if windows else None,
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
@@ -424,9 +432,19 @@ def _append_comparison(path: Path, results: list[dict]) -> None:
             (f"{precision}: peak host memory (max RSS of the process), reference / ours",
              f"{reference['peak_host_memory_gib']:.2f} / {engine['peak_host_memory_gib']:.2f} GiB"),
         ]
+        if engine["windows"]:
+            rate = engine["windows"] * WINDOW_TFLOP * 1e3 / engine["seconds"]
+            rows.append((f"{precision}: ours, network rate ({engine['windows']} windows x {WINDOW_TFLOP} TFLOP "
+                         "over the end-to-end time: a lower bound)", f"{rate:.0f} GFLOP/s"))
         if engine["peak_gpu_memory_gib"] is not None:
             rows.append((f"{precision}: peak GPU memory, reference / ours",
                          f"{reference['peak_gpu_memory_gib']:.2f} / {engine['peak_gpu_memory_gib']:.2f} GiB"))
+    # What a user of the bundle gets is its fp32 (CPU) or its AMP (GPU): ours at a lower precision against that.
+    fp32 = next((result for result in results if result["precision"] == "fp32"), None)
+    for result in results:
+        if fp32 is not None and result is not fp32:
+            rows.append((f"ours at {result['precision']} against the reference at fp32",
+                         f"{fp32['reference']['seconds'] / result['engine']['seconds']:.2f}x faster"))
     _append_section(path, f"ours against the reference pipeline, {first['classes']} classes", first, rows,
                     context=f"Input: {first['input']}; each run in a fresh process, from reading the file to "
                             "the labelmap on the input grid")
