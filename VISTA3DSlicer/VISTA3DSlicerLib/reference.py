@@ -128,15 +128,16 @@ def _reference_points(data: dict, inputs: "torch.Tensor", network: "torch.nn.Mod
     from monai.apps.vista3d.inferer import point_based_window_inferer
 
     label_prompt = data.get("label_prompt")
-    class_vector = torch.as_tensor([label_prompt])[0].unsqueeze(-1) if label_prompt is not None else None
+    device = inputs.device
+    class_vector = torch.as_tensor([label_prompt], device=device)[0].unsqueeze(-1) if label_prompt is not None else None
     # Evaluator: points from the original array's indices into the preprocessed image, not rounded.
     image = data["image"]  # not collated here, so its affines carry no batch axis
     to_network = np.linalg.inv(np.asarray(image.affine, dtype=np.float64)) @ np.asarray(
         image.meta["original_affine"], dtype=np.float64
     )
     homogeneous = np.concatenate([np.asarray(data["points"], dtype=np.float64), np.ones((len(data["points"]), 1))], 1)
-    points = torch.from_numpy((homogeneous @ to_network.T)[None, :, :3])
-    point_labels = torch.as_tensor([data["point_labels"]])
+    points = torch.from_numpy((homogeneous @ to_network.T)[None, :, :3]).to(device)
+    point_labels = torch.as_tensor([data["point_labels"]], device=device)
     # Inferer: prompt_class keeps the ID; a zero-shot ID leaves the class head out.
     prompt_class = None if class_vector is None else class_vector.clone()
     if class_vector is not None and bool((class_vector > 132).any()):
