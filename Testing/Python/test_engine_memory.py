@@ -19,6 +19,7 @@ import torch
 
 from VISTA3DSlicerLib import engine as engine_module
 from VISTA3DSlicerLib.engine import Engine, Placement, memory_needed, network_grid, placements
+from VISTA3DSlicerLib.model import build_network
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.io import read_image
@@ -36,6 +37,7 @@ class FailingNetwork(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, fail_on: set[int], error: Exception):
         super().__init__()
         self.network = network
+        self.class_head = network.class_head  # the engine reads the width of its features
         self.fail_on = fail_on
         self.error = error
         self.calls = 0
@@ -210,10 +212,20 @@ def test_network_grid_is_the_preprocessing_resample(shape, affine):
     assert network_grid(shape, affine) == tuple(spacing({"image": image})["image"].shape[1:])
 
 
-def test_memory_needed_counts_the_stitched_logits():
+def test_memory_needed_counts_the_stitched_channels():
     grid = (239, 239, 200)  # a 512 x 512 x 300 CT of 0.7 x 0.7 x 1 mm at 1.5 mm
-    logits = 4 * 117 * math.prod(grid)
-    assert logits < memory_needed((512, 512, 300), grid, 117) < 1.25 * logits  # no false refusals
+    for channels in (48, 117):  # vista3d132's features; the logits of every class
+        stitched = 4 * channels * math.prod(grid)
+        # Beyond the stitched channels: MONAI's count map, one window's output and the argmax's arrays.
+        assert stitched < memory_needed((512, 512, 300), grid, channels) < 1.35 * stitched  # no false refusals
+
+
+def test_everything_stitches_the_class_features_not_117_logits(small_network):
+    """Host memory stops growing with the classes once they outnumber the class head's features."""
+    engine = Engine(small_network)
+    assert engine.feature_channels == 16  # the small network's width; vista3d132's is 48
+    assert [engine.stitched_channels(n) for n in (1, 5, 16, 17, 117)] == [1, 5, 16, 16, 16]
+    assert Engine(build_network()).stitched_channels(117) == 48
 
 
 def refuse_computing(*args, **kwargs):
@@ -226,7 +238,7 @@ def test_a_volume_over_the_budget_is_refused_before_anything_is_computed(
 ):
     image = phantom()
     grid = network_grid(image.shape, image.affine)
-    needed = memory_needed(image.shape, grid, classes)
+    needed = memory_needed(image.shape, grid, Engine(small_network).stitched_channels(classes))
     monkeypatch.setattr(engine_module, "available_memory", lambda device: needed - 1)
     monkeypatch.setattr(engine_module, "preprocess", refuse_computing)
     network = FailingNetwork(small_network, set(), cuda_oom())

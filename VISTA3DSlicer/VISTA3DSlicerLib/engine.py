@@ -6,7 +6,9 @@ bundle's effective settings (128³ windows, overlap 0.25, constant weights, repl
 padding, argmax/threshold then global IDs), so an fp32 run reproduces the reference; the
 engine adds progress, cancellation, prompt checking and the input's own geometry.
 
-Memory: a volume whose stitched logits cannot fit is refused before anything is allocated
+Memory: with more classes than the class head has features (48), the features are stitched
+instead of the logits, and the logits are made a chunk of voxels at a time: memory stops growing
+with the classes. A volume whose stitched channels cannot fit is refused before anything is allocated
 (``memory_needed`` against ``available_memory``), and a GPU that runs out of memory mid-run
 falls back to stitching on the CPU, then to running the network there (``placements``).
 """
@@ -41,6 +43,8 @@ WINDOW = 128
 OVERLAP = 0.25
 
 GIB = 2**30
+#: Voxels whose logits for every class are made at once from stitched features (117 classes: 117 MiB).
+LOGIT_CHUNK_VOXELS = 2**18
 
 
 def windows_per_axis(size: int) -> int:
@@ -69,21 +73,23 @@ def network_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, in
     return tuple(int(n) for n in grid)  # type: ignore[return-value]
 
 
-def memory_needed(source_shape: Sequence[int], grid: Sequence[int], classes: int) -> int:
-    """Bytes a segmentation of ``classes`` classes allocates at its peak, from the volume's sizes alone.
+def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: int) -> int:
+    """Bytes a segmentation allocates at its peak, from the volume's sizes alone.
 
     Counts the allocations that grow with the volume (the network's own working memory for one
-    window is fixed and not counted): ``source_shape`` is the input grid, ``grid`` the 1.5 mm one.
+    window is fixed and not counted): ``source_shape`` is the input grid, ``grid`` the 1.5 mm one,
+    ``channels`` what is stitched: one per class, or the class head's features when there are
+    more classes than features (``Engine.stitched_channels``).
     """
     source = math.prod(source_shape)
     voxels = math.prod(grid)
     padded = math.prod(max(n, WINDOW) for n in grid)  # MONAI pads a short axis to a whole window
     # The float32 copy of the input and the resampled image exist together.
     preprocessing = 4 * source + 4 * voxels
-    # The stitched float32 logits [classes, grid] and MONAI's count map, the (padded) image and one window's
-    # output (weighted in place); then, with the logits still held, argmax's float32 maxima and int64
-    # indices and the int32 IDs picked from them.
-    windows = 4 * (classes + 2) * padded + 4 * classes * WINDOW**3 + (4 + 8 + 4) * voxels
+    # The stitched float32 channels and MONAI's count map, the (padded) image and one window's
+    # output (weighted in place); then, with the stitched channels still held, argmax's float32 maxima
+    # and int64 indices and the int32 IDs picked from them.
+    windows = 4 * (channels + 2) * padded + 4 * channels * WINDOW**3 + (4 + 8 + 4) * voxels
     # The labels resampled (float32) to the input grid, and np.rint's copy of them.
     restoring = 2 * 4 * source
     return max(preprocessing, windows, restoring)
@@ -195,6 +201,7 @@ class Engine:
         self.precision = precision
         autocast(self.device, precision)  # rejects an unknown precision or fp16 on a CPU now, not mid-run
         self.network = network.to(self.device).eval()
+        self.feature_channels = network.class_head.class_embeddings.embedding_dim
 
     @classmethod
     def from_weights(
@@ -259,9 +266,14 @@ class Engine:
             len(class_ids),
         )
 
+    def stitched_channels(self, classes: int) -> int:
+        """Channels stitched over the volume for ``classes`` classes: the logits, or the class head's
+        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)."""
+        return min(classes, self.feature_channels)
+
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
-        needed = memory_needed(source_shape, grid, classes)
+        needed = memory_needed(source_shape, grid, self.stitched_channels(classes))
         available = available_memory(self.device)
         if available is not None and needed > available:
             raise VISTA3DError(
@@ -312,23 +324,65 @@ class Engine:
 
         with torch.inference_mode():
             image = prepared.tensor.to(placement.network)
-            logits = self._sliding_window(image, class_ids, placement, progress, cancel)
-            del image
-            check_cancelled(cancel)  # the argmax and the resampling back take seconds on a large volume
-            labels = _logits_to_labels(logits, class_ids)
-            del logits
+            if self.stitched_channels(len(class_ids)) < len(class_ids):
+                features = self._sliding_window(image, self._window_features, {}, placement, progress, cancel)
+                del image
+                check_cancelled(cancel)  # the logits, argmax and resampling back take seconds on a large volume
+                labels = self._features_to_labels(features, class_ids, placement)
+                del features
+            else:
+                class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
+                logits = self._sliding_window(image, self.network, _class_prompt(class_vector), placement, progress,
+                                              cancel)
+                del image
+                check_cancelled(cancel)
+                labels = _logits_to_labels(logits, class_ids)
+                del logits
             restored = prepared.restore(labels)
         return np.rint(restored).astype(np.uint8)
+
+    def _window_features(self, window: "torch.Tensor", patch_coords=None) -> "torch.Tensor":
+        """The class head's image features of one window (``ClassMappingClassify.image_post_mapping``)."""
+        _, auto_features = self.network.image_encoder(window, with_point=False, with_label=True)
+        return self.network.class_head.image_post_mapping(auto_features)
+
+    def _features_to_labels(self, features: "torch.Tensor", class_ids: Sequence[int], placement: Placement) -> "torch.Tensor":
+        """Global IDs from stitched class-head features ``[C, X, Y, Z]``, as ``_logits_to_labels`` from the logits.
+
+        The class head's logits are its class embeddings times these features, and the stitching is
+        a weighted mean of windows, so stitching the features and then taking the product gives the
+        stitched logits. They are made a chunk of voxels at a time, so that the classes x volume logits
+        never exist at once.
+        """
+        import torch
+
+        from .model import autocast
+
+        head = self.network.class_head
+        with autocast(placement.network, placement.precision):  # as the head runs inside the network
+            embeddings = head.class_embeddings(torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1))
+            if head.use_mlp:
+                embeddings = head.mlp(embeddings)
+        embeddings = embeddings[:, 0, :]  # [classes, C]
+        flat = features.reshape(features.shape[0], -1)
+        labels = torch.empty(flat.shape[1], dtype=torch.int32, device=features.device)
+        for start in range(0, flat.shape[1], LOGIT_CHUNK_VOXELS):
+            chunk = flat[:, start : start + LOGIT_CHUNK_VOXELS].to(placement.network)
+            with autocast(placement.network, placement.precision):
+                logits = embeddings @ chunk
+            labels[start : start + LOGIT_CHUNK_VOXELS] = _logits_to_labels(logits.float(), class_ids).to(features.device)
+        return labels.reshape(features.shape[1:])
 
     def _sliding_window(
         self,
         image: "torch.Tensor",
-        class_ids: Sequence[int],
+        forward: Callable[..., "torch.Tensor"],
+        arguments: dict,
         placement: Placement,
         progress: Optional[ProgressCallback],
         cancel: Optional[CancelToken],
     ) -> "torch.Tensor":
-        """Class-head logits ``[B, X, Y, Z]`` of the whole preprocessed image (B = len(class_ids))."""
+        """``forward(window, patch_coords, **arguments)`` stitched over the whole preprocessed image: ``[B, X, Y, Z]``."""
         import torch
         from monai.inferers import SlidingWindowInfererAdapt
 
@@ -341,12 +395,11 @@ class Engine:
             nonlocal done
             check_cancelled(cancel)  # stops between windows: at most one window late
             with autocast(placement.network, placement.precision):
-                output = self.network(window, patch_coords, **kwargs)
+                output = forward(window, patch_coords, **kwargs)
             done = min(done + 1, total)  # an out-of-memory retry replays windows; never count past the end
             report(progress, done, total, f"Window {done}/{total}")
             return output
 
-        class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
         inferer = SlidingWindowInfererAdapt(
             roi_size=[WINDOW] * 3,
             sw_batch_size=1,
@@ -357,19 +410,21 @@ class Engine:
             sw_device=placement.network,
             device=placement.stitching,  # given, it turns the inferer's own adaptation off
         )
-        logits = inferer(
-            image[None],
-            predict,
-            transpose=True,
-            class_vector=class_vector,
-            prompt_class=class_vector,
-            point_coords=None,
-            point_labels=None,
-            prev_mask=None,
-            labels=None,
-            label_set=None,
-        )
-        return logits[0].float()
+        return inferer(image[None], predict, **arguments)[0].float()
+
+
+def _class_prompt(class_vector: "torch.Tensor") -> dict:
+    """``VISTA3D.forward``'s arguments for class prompts alone, as the bundle's inferer passes them."""
+    return {
+        "transpose": True,
+        "class_vector": class_vector,
+        "prompt_class": class_vector,
+        "point_coords": None,
+        "point_labels": None,
+        "prev_mask": None,
+        "labels": None,
+        "label_set": None,
+    }
 
 
 def _class_ids(label_ids: Optional[Sequence[int]]) -> list[int]:
