@@ -189,7 +189,8 @@ def _format_shape(shape: Sequence[int]) -> str:
 class Engine:
     """One VISTA3D network on one device, ready to segment images.
 
-    ``network`` is any module with ``VISTA3D.forward``'s signature (the tests pass small ones).
+    ``network`` is any module with ``VISTA3D.forward``'s signature (the tests pass small ones); one
+    with VISTA3D's ``image_encoder`` and ``class_head`` also stitches class features for many classes.
     """
 
     def __init__(self, network: "torch.nn.Module", device: "torch.device | str" = "cpu", precision: str = "fp32"):
@@ -201,7 +202,9 @@ class Engine:
         self.precision = precision
         autocast(self.device, precision)  # rejects an unknown precision or fp16 on a CPU now, not mid-run
         self.network = network.to(self.device).eval()
-        self.feature_channels = network.class_head.class_embeddings.embedding_dim
+        # The class-feature path needs VISTA3D's parts, not only its forward (which test networks may be alone).
+        head = getattr(network, "class_head", None)
+        self.feature_channels = head.class_embeddings.embedding_dim if head is not None else math.inf
 
     @classmethod
     def from_weights(
