@@ -52,11 +52,11 @@ def cuda_oom() -> Exception:
     return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-def gpu_ladder_on_the_cpu(device: torch.device, precision: str) -> list[Placement]:
+def gpu_ladder_on_the_cpu(device: torch.device, precision: str, batch: int) -> list[Placement]:
     """The attempts of an engine on a GPU, with the GPU replaced by the CPU (same order and messages)."""
     return [
         replace(p, network=CPU, stitching=None if p.stitching is None else CPU)
-        for p in placements(torch.device("cuda"), precision)
+        for p in placements(torch.device("cuda"), precision, batch)
     ]
 
 
@@ -93,6 +93,19 @@ def test_a_gpu_engine_falls_back_to_cpu_stitching_then_to_the_cpu():
     assert placements(CPU, "fp32") == [Placement(CPU, None, "fp32")]
 
 
+def test_batched_windows_fall_back_to_one_at_a_time_first():
+    cuda = torch.device("cuda")
+    assert placements(cuda, "bf16", batch=4)[:3] == [
+        Placement(cuda, None, "bf16", batch=4),
+        Placement(cuda, None, "bf16", "ran the windows one at a time"),
+        Placement(cuda, CPU, "bf16", "stitched the windows on the CPU"),
+    ]
+    assert placements(CPU, "fp32", batch=2) == [
+        Placement(CPU, None, "fp32", batch=2),
+        Placement(CPU, None, "fp32", "ran the windows one at a time"),
+    ]
+
+
 @pytest.mark.parametrize(
     "fail_on, calls, done",
     [
@@ -113,6 +126,30 @@ def test_gpu_out_of_memory_falls_back_and_gives_the_same_labels(
     assert warnings == [
         f"GPU out of memory: {done}, which is slower; fewer labels or a smaller volume fit the GPU."
     ]
+
+
+def test_batched_windows_out_of_memory_run_one_at_a_time_with_the_same_labels(
+    monkeypatch, caplog, crop, small_network, normal_run
+):
+    monkeypatch.setattr(engine_module, "placements", gpu_ladder_on_the_cpu)
+    network = FailingNetwork(small_network, {1}, cuda_oom())
+    windows = engine_module.count_windows(preprocess(crop).spatial_shape)
+    assert windows == 2
+    with caplog.at_level(logging.WARNING, logger=engine_module.__name__):
+        labelmap = Engine(network, window_batch=windows).segment(crop, LABELS)
+    assert np.array_equal(labelmap.array, normal_run)
+    assert network.calls == 1 + windows  # the batch of both windows failed, then one window at a time
+    assert "GPU out of memory: ran the windows one at a time" in caplog.text
+
+
+def test_batched_windows_give_the_same_labels(crop, small_network, normal_run):
+    labelmap = Engine(small_network, window_batch=2).segment(crop, LABELS)
+    assert (labelmap.array == normal_run).mean() > 0.9999  # a batch may round a convolution differently
+
+
+def test_a_window_batch_below_one_is_refused(small_network):
+    with pytest.raises(VISTA3DError, match="The window batch must be 1 or more, not 0."):
+        Engine(small_network, window_batch=0)
 
 
 def test_segment_prepared_falls_back_too(monkeypatch, caplog, crop, small_network, normal_run):
@@ -211,12 +248,16 @@ def test_network_grid_is_the_preprocessing_resample(shape, affine):
     assert network_grid(shape, affine) == tuple(spacing({"image": image})["image"].shape[1:])
 
 
-def test_memory_needed_counts_the_stitched_channels():
-    grid = (239, 239, 200)  # a 512 x 512 x 300 CT of 0.7 x 0.7 x 1 mm at 1.5 mm
-    for channels in (48, 117):  # vista3d132's features; the logits of every class
-        stitched = 4 * channels * math.prod(grid)
-        # Beyond the stitched channels: MONAI's count map, one window's output and the argmax's arrays.
-        assert stitched < memory_needed((512, 512, 300), grid, channels) < 1.35 * stitched  # no false refusals
+def test_memory_needed_counts_a_slab_of_the_stitched_channels_not_the_volume():
+    grid = (273, 273, 410)  # a 512 x 512 x 768 CT of 0.8 mm at 1.5 mm
+    source = (512, 512, 768)
+    slab = 128 * 273 * 410  # the buffer: one window deep along the first axis
+    needed = memory_needed(source, grid, 48)
+    assert 4 * 48 * slab < needed < 4 * 48 * math.prod(grid) * 0.6
+    # Each further channel costs one slab and one window, whatever the volume's depth along the first axis.
+    assert memory_needed(source, grid, 49) - needed == 4 * (slab + 128**3)
+    # A batch of windows that reaches into the next row of windows holds one step (96) more.
+    assert memory_needed(source, grid, 48, batch=4) - needed == 4 * 48 * (96 * 273 * 410 + 3 * 128**3)
 
 
 def test_everything_stitches_the_class_features_not_117_logits(small_network):

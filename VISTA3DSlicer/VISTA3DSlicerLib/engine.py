@@ -1,16 +1,19 @@
 """Automatic segmentation: class prompts over a sliding window (reference doc §5.4 B and §5.5).
 
 ``Engine`` holds one loaded network on one device and segments any number of images with
-it. The windowing, blending and post-processing are MONAI's own components with the
-bundle's effective settings (128³ windows, overlap 0.25, constant weights, replicate
-padding, argmax/threshold then global IDs), so an fp32 run reproduces the reference; the
-engine adds progress, cancellation, prompt checking and the input's own geometry.
+it. The preprocessing, windows, blending and post-processing are the bundle's (MONAI's
+transforms; MONAI's windows and stitching order with its effective settings: 128³ windows,
+overlap 0.25, constant weights, replicate padding; argmax/threshold then global IDs), so an
+fp32 run reproduces the reference; the engine adds progress, cancellation, prompt checking and
+the input's own geometry.
 
-Memory: with more classes than the class head has features (48), the features are stitched
-instead of the logits, and the logits are made a chunk of voxels at a time: memory stops growing
-with the classes. A volume whose stitched channels cannot fit is refused before anything is allocated
-(``memory_needed`` against ``available_memory``), and a GPU that runs out of memory mid-run
-falls back to stitching on the CPU, then to running the network there (``placements``).
+Memory: the stitched windows are turned into labels slab by slab as soon as no later window
+covers them (``sliding_window.stitch_in_slabs``), so the float buffer is about one window deep,
+not the volume's depth. With more classes than the class head has features (48) the features
+are stitched instead of the logits, and the logits are made a chunk of voxels at a time: memory
+stops growing with the classes. A volume that cannot fit is refused before anything is allocated
+(``memory_needed`` against ``available_memory``), and a run out of memory midway falls back to
+fewer windows at once, then (on a GPU) to stitching on the CPU, then to the CPU (``placements``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .errors import VISTA3DError
 from .geometry import Image
 from .preprocessing import SPACING_MM, Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
+from .sliding_window import WindowGrid, stitch_in_slabs
 
 if TYPE_CHECKING:
     import torch
@@ -43,22 +47,19 @@ WINDOW = 128
 OVERLAP = 0.25
 
 GIB = 2**30
-#: Voxels whose logits for every class are made at once from stitched features (117 classes: 117 MiB).
+#: About how many stitched voxels become labels at once (117 classes' logits: 117 MiB).
 LOGIT_CHUNK_VOXELS = 2**18
 
 
-def windows_per_axis(size: int) -> int:
-    """How many windows MONAI's sliding window puts along an axis of ``size`` voxels (after padding)."""
-    size = max(size, WINDOW)  # smaller axes are padded up to one window
-    if size == WINDOW:
-        return 1
-    interval = int(WINDOW * (1 - OVERLAP))
-    return math.ceil((size - WINDOW) / interval) + 1
+def window_grid(shape: Sequence[int]) -> WindowGrid:
+    """The windows over a preprocessed volume of ``shape``."""
+    return WindowGrid(tuple(shape), WINDOW, OVERLAP)
 
 
 def count_windows(shape: Sequence[int]) -> int:
     """Number of 128³ windows for a preprocessed volume of ``shape`` (for progress reporting)."""
-    return math.prod(windows_per_axis(n) for n in shape)
+    grid = window_grid(shape)
+    return math.prod(grid.count(axis) for axis in range(len(shape)))
 
 
 def network_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, int]:
@@ -73,26 +74,27 @@ def network_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, in
     return tuple(int(n) for n in grid)  # type: ignore[return-value]
 
 
-def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: int) -> int:
+def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: int, batch: int = 1) -> int:
     """Bytes a segmentation allocates at its peak, from the volume's sizes alone.
 
     Counts the allocations that grow with the volume (the network's own working memory for one
     window is fixed and not counted): ``source_shape`` is the input grid, ``grid`` the 1.5 mm one,
     ``channels`` what is stitched: one per class, or the class head's features when there are
-    more classes than features (``Engine.stitched_channels``).
+    more classes than features (``Engine.stitched_channels``); ``batch`` windows per network call.
     """
     source = math.prod(source_shape)
     voxels = math.prod(grid)
-    padded = math.prod(max(n, WINDOW) for n in grid)  # MONAI pads a short axis to a whole window
+    windows = window_grid(grid)
+    padded = math.prod(windows.padded_shape)  # MONAI pads a short axis to a whole window
+    buffer = windows.buffer_depth(batch) * math.prod(windows.padded_shape[1:])
     # The float32 copy of the input and the resampled image exist together.
     preprocessing = 4 * source + 4 * voxels
-    # The stitched float32 channels and MONAI's count map, the (padded) image and one window's
-    # output (weighted in place); then, with the stitched channels still held, argmax's float32 maxima
-    # and int64 indices and the int32 IDs picked from them.
-    windows = 4 * (channels + 2) * padded + 4 * channels * WINDOW**3 + (4 + 8 + 4) * voxels
+    # The image (and its padded copy), the int32 labels, the float32 buffer of stitched channels a
+    # window or so deep, and the output of one batch of windows.
+    stitching = 4 * (voxels + padded) + 4 * voxels + 4 * channels * buffer + 4 * channels * WINDOW**3 * batch
     # The labels resampled (float32) to the input grid, and np.rint's copy of them.
-    restoring = 2 * 4 * source
-    return max(preprocessing, windows, restoring)
+    restoring = 4 * voxels + 2 * 4 * source
+    return max(preprocessing, stitching, restoring)
 
 
 def _host_memory_available() -> Optional[int]:
@@ -132,31 +134,32 @@ def available_memory(device: "torch.device") -> Optional[int]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one attempt at a segmentation runs: the network's device, where the windows' logits are
-    stitched (None: MONAI's adaptive inferer decides, as the bundle does), and the precision."""
+    """Where one attempt at a segmentation runs: the network's device, where the windows are stitched
+    (None: on the network's device), the precision, and how many windows go through the network at once."""
 
     network: "torch.device"
     stitching: "Optional[torch.device]"
     precision: str
     #: What the warning says was done when this placement is a fallback that succeeded.
     fallback: str = ""
+    batch: int = 1
 
 
-def placements(device: "torch.device", precision: str) -> list[Placement]:
+def placements(device: "torch.device", precision: str, batch: int = 1) -> list[Placement]:
     """The attempts an engine on ``device`` makes, in order, each after the previous ran out of memory.
 
-    On a GPU the adaptive inferer already moves the stitching to the CPU when the GPU runs out inside
-    it, but not when the labels or the restoring run out afterwards; stitching on the CPU from the
-    start keeps those on the CPU too. Last, the network itself runs on the CPU.
+    Fewer windows at once first; then, on a GPU, the stitching and the argmax on the CPU (the network's
+    working memory stays on the GPU); last, the network itself on the CPU.
     """
     import torch
 
-    first = Placement(device, None, precision)
+    ladder = [Placement(device, None, precision, batch=batch)]
+    if batch > 1:
+        ladder.append(Placement(device, None, precision, "ran the windows one at a time"))
     if device.type != "cuda":
-        return [first]
+        return ladder
     cpu = torch.device("cpu")
-    return [
-        first,
+    return ladder + [
         Placement(device, cpu, precision, "stitched the windows on the CPU"),
         # fp16 is a GPU precision (``model.autocast`` refuses it on the CPU), so the CPU runs the reference fp32.
         Placement(cpu, cpu, "fp32" if precision == "fp16" else precision, "finished on the CPU"),
@@ -193,13 +196,26 @@ class Engine:
     with VISTA3D's ``image_encoder`` and ``class_head`` also stitches class features for many classes.
     """
 
-    def __init__(self, network: "torch.nn.Module", device: "torch.device | str" = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        network: "torch.nn.Module",
+        device: "torch.device | str" = "cpu",
+        precision: str = "fp32",
+        window_batch: int = 1,
+    ):
+        """``window_batch``: windows per network call (automatic segmentation); more use more memory."""
         import torch
 
         from .model import autocast
 
+        if window_batch < 1:
+            raise VISTA3DError(f"The window batch must be 1 or more, not {window_batch}.")
         self.device = torch.device(device)
         self.precision = precision
+        self.window_batch = window_batch
+        if self.device.type == "cuda":
+            # Every window has the same shape, so cuDNN's search for the fastest convolutions is paid once.
+            torch.backends.cudnn.benchmark = True
         autocast(self.device, precision)  # rejects an unknown precision or fp16 on a CPU now, not mid-run
         self.network = network.to(self.device).eval()
         # The class-feature path needs VISTA3D's parts, not only its forward (which test networks may be alone).
@@ -276,7 +292,7 @@ class Engine:
 
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
-        needed = memory_needed(source_shape, grid, self.stitched_channels(classes))
+        needed = memory_needed(source_shape, grid, self.stitched_channels(classes), self.window_batch)
         available = available_memory(self.device)
         if available is not None and needed > available:
             raise VISTA3DError(
@@ -288,7 +304,7 @@ class Engine:
 
     def _with_fallback(self, attempt: Callable[[Placement], T], grid: Sequence[int], classes: int) -> T:
         """Run ``attempt`` at each of ``placements`` in turn until one does not run out of memory."""
-        ladder = placements(self.device, self.precision)
+        ladder = placements(self.device, self.precision, self.window_batch)
         try:
             for placement in ladder:
                 self.network.to(placement.network)
@@ -325,95 +341,118 @@ class Engine:
         """One attempt at ``segment_prepared`` at ``placement``: IDs on the input grid."""
         import torch
 
+        stitching = placement.stitching or placement.network
         with torch.inference_mode():
-            image = prepared.tensor.to(placement.network)
-            if self.stitched_channels(len(class_ids)) < len(class_ids):
-                features = self._sliding_window(image, self._window_features, {}, placement, progress, cancel)
-                del image
-                check_cancelled(cancel)  # the logits, argmax and resampling back take seconds on a large volume
-                labels = self._features_to_labels(features, class_ids, placement)
-                del features
-            else:
-                class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
-                logits = self._sliding_window(image, self.network, _class_prompt(class_vector), placement, progress,
-                                              cancel)
-                del image
-                check_cancelled(cancel)
-                labels = _logits_to_labels(logits, class_ids)
-                del logits
+            image = prepared.tensor.as_tensor().to(placement.network)
+            labels = torch.zeros(prepared.spatial_shape, dtype=torch.int32, device=stitching)
+            forward, to_labels = self._class_path(class_ids, placement)
+
+            def label_slab(slab: torch.Tensor, x0: int) -> None:
+                # A few first-axis planes at a time, so that the logits (or the flat copy of the
+                # features they are made from) stay the size of a chunk, not of the slab.
+                planes = max(LOGIT_CHUNK_VOXELS // math.prod(slab.shape[2:]), 1)
+                for start in range(0, slab.shape[1], planes):
+                    stop = min(start + planes, slab.shape[1])
+                    labels[x0 + start : x0 + stop] = to_labels(slab[:, start:stop])
+
+            stitch_in_slabs(
+                image,
+                self._counted(forward, placement, count_windows(image.shape[1:]), progress, cancel),
+                label_slab,
+                window=WINDOW,
+                overlap=OVERLAP,
+                batch=placement.batch,
+                device=stitching,
+            )
+            del image
+            check_cancelled(cancel)  # resampling the labels back takes seconds on a large volume
             restored = prepared.restore(labels)
         return np.rint(restored).astype(np.uint8)
 
-    def _window_features(self, window: "torch.Tensor", patch_coords=None) -> "torch.Tensor":
-        """The class head's image features of one window (``ClassMappingClassify.image_post_mapping``)."""
-        _, auto_features = self.network.image_encoder(window, with_point=False, with_label=True)
-        return self.network.class_head.image_post_mapping(auto_features)
+    def _class_path(
+        self, class_ids: Sequence[int], placement: Placement
+    ) -> tuple[Callable[["torch.Tensor"], "torch.Tensor"], Callable[["torch.Tensor"], "torch.Tensor"]]:
+        """What each window computes for ``class_ids`` and how a stitched slab of it becomes global IDs.
 
-    def _features_to_labels(self, features: "torch.Tensor", class_ids: Sequence[int], placement: Placement) -> "torch.Tensor":
-        """Global IDs from stitched class-head features ``[C, X, Y, Z]``, as ``_logits_to_labels`` from the logits.
-
-        The class head's logits are its class embeddings times these features, and the stitching is
-        a weighted mean of windows, so stitching the features and then taking the product gives the
-        stitched logits. They are made a chunk of voxels at a time, so that the classes x volume logits
-        never exist at once.
+        With more classes than the class head has features, the windows give the features and a slab's
+        logits are made from them (``_features_to_labels``); otherwise the windows give the logits.
+        The network's parts are called directly: ``VISTA3D.forward`` empties the CUDA cache after every
+        window, which makes the next window allocate its memory from the driver again.
         """
         import torch
 
+        class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
+        if self.stitched_channels(len(class_ids)) < len(class_ids):
+            embeddings = self._class_embeddings(class_vector, placement)
+            return self._window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
+        if math.isinf(self.feature_channels):  # only VISTA3D's forward (a test network)
+            prompt = _class_prompt(class_vector)
+            return lambda windows: self.network(windows, **prompt), lambda slab: _logits_to_labels(slab, class_ids)
+
+        def window_logits(windows: torch.Tensor) -> torch.Tensor:
+            # VISTA3D.forward's automatic branch: the class head's [classes, B, ...] turned to [B, classes, ...].
+            return self.network.class_head(self._auto_features(windows), class_vector)[0].transpose(0, 1)
+
+        return window_logits, lambda slab: _logits_to_labels(slab, class_ids)
+
+    def _auto_features(self, windows: "torch.Tensor") -> "torch.Tensor":
+        """The encoder's features for the automatic (class) branch."""
+        return self.network.image_encoder(windows, with_point=False, with_label=True)[1]
+
+    def _window_features(self, windows: "torch.Tensor") -> "torch.Tensor":
+        """The class head's image features of windows (``ClassMappingClassify.image_post_mapping``)."""
+        return self.network.class_head.image_post_mapping(self._auto_features(windows))
+
+    def _class_embeddings(self, class_vector: "torch.Tensor", placement: Placement) -> "torch.Tensor":
+        """The class head's embedding of each class ``[classes, C]``, as the head computes it."""
         from .model import autocast
 
         head = self.network.class_head
         with autocast(placement.network, placement.precision):  # as the head runs inside the network
-            embeddings = head.class_embeddings(torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1))
+            embeddings = head.class_embeddings(class_vector)
             if head.use_mlp:
                 embeddings = head.mlp(embeddings)
-        embeddings = embeddings[:, 0, :]  # [classes, C]
-        flat = features.reshape(features.shape[0], -1)
-        labels = torch.empty(flat.shape[1], dtype=torch.int32, device=features.device)
-        for start in range(0, flat.shape[1], LOGIT_CHUNK_VOXELS):
-            chunk = flat[:, start : start + LOGIT_CHUNK_VOXELS].to(placement.network)
-            with autocast(placement.network, placement.precision):
-                logits = embeddings @ chunk
-            labels[start : start + LOGIT_CHUNK_VOXELS] = _logits_to_labels(logits.float(), class_ids).to(features.device)
-        return labels.reshape(features.shape[1:])
+        return embeddings[:, 0, :]
 
-    def _sliding_window(
-        self,
-        image: "torch.Tensor",
-        forward: Callable[..., "torch.Tensor"],
-        arguments: dict,
-        placement: Placement,
-        progress: Optional[ProgressCallback],
-        cancel: Optional[CancelToken],
+    def _features_to_labels(
+        self, features: "torch.Tensor", embeddings: "torch.Tensor", class_ids: Sequence[int], placement: Placement
     ) -> "torch.Tensor":
-        """``forward(window, patch_coords, **arguments)`` stitched over the whole preprocessed image: ``[B, X, Y, Z]``."""
-        import torch
-        from monai.inferers import SlidingWindowInfererAdapt
+        """Global IDs from stitched class-head features ``[C, X, Y, Z]``, as ``_logits_to_labels`` from the logits.
 
+        The class head's logits are its class embeddings times these features, and the stitching is
+        a weighted mean of windows, so stitching the features and then taking the product gives the
+        stitched logits (made here for the few voxels of one chunk at a time).
+        """
         from .model import autocast
 
-        total = count_windows(image.shape[1:])
+        flat = features.reshape(features.shape[0], -1).to(placement.network)
+        with autocast(placement.network, placement.precision):
+            logits = embeddings @ flat
+        return _logits_to_labels(logits.float(), class_ids).to(features.device).reshape(features.shape[1:])
+
+    @staticmethod
+    def _counted(
+        forward: Callable[["torch.Tensor"], "torch.Tensor"],
+        placement: Placement,
+        total: int,
+        progress: Optional[ProgressCallback],
+        cancel: Optional[CancelToken],
+    ) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+        """``forward`` under the placement's autocast, checking for a cancel before and reporting after each call."""
+        from .model import autocast
+
         done = 0
 
-        def predict(window: torch.Tensor, patch_coords, **kwargs) -> torch.Tensor:
+        def predict(windows: "torch.Tensor") -> "torch.Tensor":
             nonlocal done
-            check_cancelled(cancel)  # stops between windows: at most one window late
+            check_cancelled(cancel)  # stops between windows: at most one batch of windows late
             with autocast(placement.network, placement.precision):
-                output = forward(window, patch_coords, **kwargs)
-            done = min(done + 1, total)  # an out-of-memory retry replays windows; never count past the end
+                output = forward(windows)
+            done = min(done + windows.shape[0], total)  # an out-of-memory retry replays windows; never count past the end
             report(progress, done, total, f"Window {done}/{total}")
             return output
 
-        inferer = SlidingWindowInfererAdapt(
-            roi_size=[WINDOW] * 3,
-            sw_batch_size=1,
-            overlap=OVERLAP,
-            mode="constant",
-            padding_mode="replicate",
-            with_coord=True,
-            sw_device=placement.network,
-            device=placement.stitching,  # given, it turns the inferer's own adaptation off
-        )
-        return inferer(image[None], predict, **arguments)[0].float()
+        return predict
 
 
 def _class_prompt(class_vector: "torch.Tensor") -> dict:
