@@ -274,6 +274,8 @@ class PipelineRun:
     precision: str
     device: str
     weights: Optional[str]
+    window_batch: int = 1  # ours only: windows per network call
+    gpu_memory_gib: Optional[float] = None  # caps what the process may allocate on the GPU
 
 
 def run_reference_comparison(
@@ -285,12 +287,17 @@ def run_reference_comparison(
     precisions: Sequence[str],
     output: Path,
     json_output: Path,
+    *,
+    window_batch: int = 1,
+    gpu_memory_gib: Optional[float] = None,
 ) -> list[dict]:
     """Time our engine against the reference pipeline on one volume, at each of ``precisions``.
 
     Each segmentation runs in a fresh process (``spawn``), from reading the file to the labelmap
     on the input grid, so that each peak of host and GPU memory is that run's. The two labelmaps
-    of a precision are compared voxel by voxel. Appends to ``output`` (Markdown) and ``json_output``.
+    of a precision are compared voxel by voxel. ``gpu_memory_gib`` makes a large GPU behave as a
+    smaller one (an 8 GB card): a run that then runs out of memory is recorded as such. Appends to
+    ``output`` (Markdown) and ``json_output``.
     """
     import tempfile
 
@@ -310,13 +317,14 @@ def run_reference_comparison(
             runs = {
                 pipeline: _run_in_child(
                     PipelineRun(pipeline, str(source), None if label_ids is None else tuple(label_ids), precision,
-                                str(torch_device), weights),
+                                str(torch_device), weights, window_batch, gpu_memory_gib),
                     Path(folder) / f"{pipeline}-{precision}.npy",
                 )
                 for pipeline in ("reference", "engine")
             }
             (reference, reference_labels), (engine, engine_labels) = runs["reference"], runs["engine"]
-            agreement = float(np.mean(reference_labels == engine_labels))
+            compared = reference_labels is not None and engine_labels is not None
+            agreement = float(np.mean(reference_labels == engine_labels)) if compared else None
             result = {
                 "date": datetime.date.today().isoformat(),
                 "machine": machine_description(torch_device),
@@ -326,14 +334,19 @@ def run_reference_comparison(
                 "precision": precision,
                 "reference": reference,
                 "engine": engine,
-                "speedup": reference["seconds"] / engine["seconds"],
+                "speedup": reference["seconds"] / engine["seconds"] if compared else None,
                 "agreement": agreement,
-                "identical": bool(np.array_equal(reference_labels, engine_labels)),
+                "identical": compared and bool(np.array_equal(reference_labels, engine_labels)),
+                "window_batch": window_batch,
+                "gpu_memory_limit_gib": gpu_memory_gib,
                 "command": _command(),
             }
             results.append(result)
-            print(f"{precision}: reference {reference['seconds']:.1f} s, ours {engine['seconds']:.1f} s "
-                  f"({result['speedup']:.2f}x), labels agree on {agreement:.4%} of voxels", flush=True)
+            if compared:
+                print(f"{precision}: reference {reference['seconds']:.1f} s, ours {engine['seconds']:.1f} s "
+                      f"({result['speedup']:.2f}x), labels agree on {agreement:.4%} of voxels", flush=True)
+            else:
+                print(f"{precision}: reference: {reference.get('failed', 'done')}; ours: {engine.get('failed', 'done')}")
     _append_comparison(output, results)
     _append_json(json_output, results)
     print(f"appended to {output} and {json_output}")
@@ -362,30 +375,45 @@ def _comparison_input(input_path: Optional[str], phantom: Optional[str], folder:
     import SimpleITK as sitk
 
     image = phantom_ct(shape, mm)
-    source = folder / f"phantom_{'x'.join(map(str, shape))}.nii.gz"
-    sitk.WriteImage(image_to_sitk(image.with_array(image.array.astype("int16"))), str(source), True)  # HU as a CT stores them
+    # Uncompressed, as a volume already loaded would be: gzip would time zlib, the same for both pipelines.
+    source = folder / f"phantom_{'x'.join(map(str, shape))}.nii"
+    sitk.WriteImage(image_to_sitk(image.with_array(image.array.astype("int16"))), str(source))  # HU as a CT stores them
     return source, f"phantom {shape} at {mm} mm"
 
 
-def _run_in_child(run: PipelineRun, labels_path: Path) -> tuple[dict, "np.ndarray"]:
-    """``_measure(run)`` in a fresh process; its figures and the labelmap it made."""
+def _run_in_child(run: PipelineRun, labels_path: Path) -> tuple[dict, "Optional[np.ndarray]"]:
+    """``_measure(run)`` in a fresh process; its figures and the labelmap it made (None if it ran out of memory)."""
     import multiprocessing
 
     import numpy as np
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         figures = pool.apply(_measure, (run, str(labels_path)))
-    return figures, np.load(labels_path)
+    return figures, None if "failed" in figures else np.load(labels_path)
 
 
 def _measure(run: PipelineRun, labels_path: str) -> dict:
-    """Segment ``run.source`` with ``run.pipeline``; save the labelmap to ``labels_path``, return the figures."""
+    """Segment ``run.source`` with ``run.pipeline``; save the labelmap to ``labels_path``, return the figures.
+
+    A run that runs out of memory returns ``failed`` instead; the engine's out-of-memory fallbacks
+    (its warnings) are returned as ``fallbacks``.
+    """
+    import logging
+
     import numpy as np
     import torch
 
+    from .engine import _is_out_of_memory
     from .model import build_network, load_network
 
     device = torch.device(run.device)
+    if run.gpu_memory_gib and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(run.gpu_memory_gib * 2**30 / total, 1.0), device)
+    fallbacks: list[str] = []
+    warnings = logging.Handler(logging.WARNING)
+    warnings.emit = lambda record: fallbacks.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("VISTA3DSlicerLib.engine").addHandler(warnings)
     if run.weights:
         network = load_network(run.weights, device)
     else:
@@ -398,24 +426,36 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
             windows.append(total)
 
     started = time.perf_counter()
-    if run.pipeline == "engine":
-        from .engine import Engine
-        from .io import read_image
+    figures: dict = {}
+    try:
+        if run.pipeline == "engine":
+            from .engine import Engine
+            from .io import read_image
 
-        engine = Engine(network, device, run.precision)
-        labels = engine.segment(read_image(run.source), run.label_ids, progress=count_windows).array
+            engine = Engine(network, device, run.precision, window_batch=run.window_batch)
+            labels = engine.segment(read_image(run.source), run.label_ids, progress=count_windows).array
+        else:
+            from .reference import run_reference
+
+            labels = run_reference(run.source, network, run.label_ids, device=device, precision=run.precision)
+        _synchronize(device)
+    except Exception as error:
+        if not _is_out_of_memory(error):
+            raise
+        figures["failed"] = f"out of memory ({type(error).__name__})"
     else:
-        from .reference import run_reference
-
-        labels = run_reference(run.source, network, run.label_ids, device=device, precision=run.precision)
-    _synchronize(device)
+        np.save(labels_path, np.asarray(labels).astype(np.uint8))
+    finally:
+        logging.getLogger("VISTA3DSlicerLib.engine").removeHandler(warnings)
     seconds = time.perf_counter() - started
-    np.save(labels_path, np.asarray(labels).astype(np.uint8))
-    return {
+    cuda = device.type == "cuda"
+    return figures | {
         "seconds": seconds,
         "windows": windows[-1] if windows else None,
+        "fallbacks": fallbacks,
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
     }
 
 
@@ -425,29 +465,45 @@ def _append_comparison(path: Path, results: list[dict]) -> None:
     for result in results:
         reference, engine, precision = result["reference"], result["engine"], result["precision"]
         rows += [
-            (f"{precision}: reference pipeline, end to end", f"{reference['seconds']:.1f} s"),
-            (f"{precision}: ours, end to end", f"{engine['seconds']:.1f} s ({result['speedup']:.2f}x the reference)"),
-            (f"{precision}: labels agreeing with the reference at {precision}",
-             f"{result['agreement']:.4%}" + (" (identical)" if result["identical"] else "")),
-            (f"{precision}: peak host memory (max RSS of the process), reference / ours",
-             f"{reference['peak_host_memory_gib']:.2f} / {engine['peak_host_memory_gib']:.2f} GiB"),
+            (f"{precision}: reference pipeline, end to end", _outcome(reference)),
+            (f"{precision}: ours, end to end", _outcome(engine) + (
+                f" ({result['speedup']:.2f}x the reference)" if result["speedup"] else "")),
         ]
+        if result["agreement"] is not None:
+            rows.append((f"{precision}: labels agreeing with the reference at {precision}",
+                         f"{result['agreement']:.4%}" + (" (identical)" if result["identical"] else "")))
+        rows.append((f"{precision}: peak host memory (max RSS of the process), reference / ours",
+                     f"{reference['peak_host_memory_gib']:.2f} / {engine['peak_host_memory_gib']:.2f} GiB"))
+        if engine["fallbacks"]:
+            rows.append((f"{precision}: ours, out-of-memory fallbacks", "; ".join(engine["fallbacks"])))
         if engine["windows"]:
             rate = engine["windows"] * WINDOW_TFLOP * 1e3 / engine["seconds"]
             rows.append((f"{precision}: ours, network rate ({engine['windows']} windows x {WINDOW_TFLOP} TFLOP "
                          "over the end-to-end time: a lower bound)", f"{rate:.0f} GFLOP/s"))
         if engine["peak_gpu_memory_gib"] is not None:
-            rows.append((f"{precision}: peak GPU memory, reference / ours",
-                         f"{reference['peak_gpu_memory_gib']:.2f} / {engine['peak_gpu_memory_gib']:.2f} GiB"))
+            rows.append((f"{precision}: peak GPU memory allocated (reserved), reference / ours",
+                         f"{reference['peak_gpu_memory_gib']:.2f} ({reference['peak_gpu_reserved_gib']:.2f}) / "
+                         f"{engine['peak_gpu_memory_gib']:.2f} ({engine['peak_gpu_reserved_gib']:.2f}) GiB"))
     # What a user of the bundle gets is its fp32 (CPU) or its AMP (GPU): ours at a lower precision against that.
     fp32 = next((result for result in results if result["precision"] == "fp32"), None)
     for result in results:
-        if fp32 is not None and result is not fp32:
+        if fp32 is not None and result is not fp32 and "failed" not in fp32["reference"] | result["engine"]:
             rows.append((f"ours at {result['precision']} against the reference at fp32",
                          f"{fp32['reference']['seconds'] / result['engine']['seconds']:.2f}x faster"))
+    settings = "".join([
+        f"; ours with {first['window_batch']} windows per network call" if first["window_batch"] > 1 else "",
+        f"; GPU memory capped at {first['gpu_memory_limit_gib']:g} GiB" if first["gpu_memory_limit_gib"] else "",
+    ])
     _append_section(path, f"ours against the reference pipeline, {first['classes']} classes", first, rows,
                     context=f"Input: {first['input']}; each run in a fresh process, from reading the file to "
-                            "the labelmap on the input grid")
+                            f"the labelmap on the input grid{settings}")
+
+
+def _outcome(run: dict) -> str:
+    """A run's time, or that it ran out of memory and when."""
+    if "failed" in run:
+        return f"{run['failed']} after {run['seconds']:.1f} s"
+    return f"{run['seconds']:.1f} s"
 
 
 def _append_json(path: Path, results: list[dict]) -> None:

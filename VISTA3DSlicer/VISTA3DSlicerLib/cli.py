@@ -206,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--precisions", default=None,
                        help="with --reference: comma-separated, e.g. fp32,bf16 (default: --precision)")
     bench.add_argument("--json", default="BENCHMARKS.json", help="with --reference: JSON file the results are added to")
+    bench.add_argument("--window-batch", type=int, default=1, metavar="N",
+                       help="with --reference: our engine runs N windows per network call (default 1)")
+    bench.add_argument("--gpu-memory", type=float, metavar="GIB",
+                       help="with --reference: let each run allocate at most GIB on the GPU (e.g. 8, an 8 GB card)")
     bench.set_defaults(run=_bench)
     return parser
 
@@ -702,8 +706,11 @@ def _bench(args: argparse.Namespace) -> int:
         unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
         if unknown or not precisions:
             raise VISTA3DError(f"--precisions {args.precisions!r}: give fp32, fp16 or bf16, comma-separated.")
+        if args.window_batch < 1 or (args.gpu_memory is not None and args.gpu_memory <= 0):
+            raise VISTA3DError("--window-batch must be 1 or more and --gpu-memory more than 0 GiB.")
         run_reference_comparison(args.input, args.phantom, args.labels, args.weights, args.device, precisions,
-                                 Path(args.output), Path(args.json))
+                                 Path(args.output), Path(args.json), window_batch=args.window_batch,
+                                 gpu_memory_gib=args.gpu_memory)
         return 0
     if args.supervoxels:
         run_supervoxel_benchmark(
