@@ -66,10 +66,15 @@ class WindowGrid:
         size = self.padded_shape
         return list(dense_patch_slices(size, (self.window,) * len(size), [self.interval(a) for a in range(len(size))]))
 
+    def starts(self, axis: int) -> list[int]:
+        """The windows' starts along ``axis``: a step apart, the last one moved back to end at the border."""
+        last = self.padded_shape[axis] - self.window
+        return [min(i * self.interval(axis), last) for i in range(self.count(axis))]
+
     def coverage(self, axis: int) -> np.ndarray:
         """How many windows cover each position of the padded image along ``axis``."""
         counts = np.zeros(self.padded_shape[axis], dtype=np.int64)
-        for start in {w[axis].start for w in self.windows()}:
+        for start in self.starts(axis):
             counts[start : start + self.window] += 1
         return counts
 
