@@ -116,7 +116,8 @@ def test_a_comparison_with_a_failed_reference_says_so(tmp_path):
               "precision": "fp16", "reference": run | {"failed": "out of memory (OutOfMemoryError)"},
               "engine": run | {"fallbacks": ["GPU out of memory: stitched the windows on the CPU"]},
               "speedup": None, "agreement": None, "identical": False, "window_batch": 2,
-              "gpu_memory_limit_gib": 8.0, "command": "vista3d bench"}
+              "gpu_memory_limit_gib": 8.0, "runtime": "torch", "runtime_preparation_seconds": None,
+              "command": "vista3d bench"}
     _append_comparison(tmp_path / "B.md", [result])
     text = (tmp_path / "B.md").read_text()
     assert "| fp16: reference pipeline, end to end | out of memory (OutOfMemoryError) after 12.0 s |" in text

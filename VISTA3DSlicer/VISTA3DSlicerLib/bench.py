@@ -276,6 +276,7 @@ class PipelineRun:
     weights: Optional[str]
     window_batch: int = 1  # ours only: windows per network call
     gpu_memory_gib: Optional[float] = None  # caps what the process may allocate on the GPU
+    runtime: str = "torch"  # ours only: what runs the windows (``model.RUNTIMES``)
 
 
 def run_reference_comparison(
@@ -290,26 +291,30 @@ def run_reference_comparison(
     *,
     window_batch: int = 1,
     gpu_memory_gib: Optional[float] = None,
+    runtime: str = "torch",
 ) -> list[dict]:
     """Time our engine against the reference pipeline on one volume, at each of ``precisions``.
 
     Each segmentation runs in a fresh process (``spawn``), from reading the file to the labelmap
     on the input grid, so that each peak of host and GPU memory is that run's. The two labelmaps
     of a precision are compared voxel by voxel. ``gpu_memory_gib`` makes a large GPU behave as a
-    smaller one (an 8 GB card): a run that then runs out of memory is recorded as such. Appends to
-    ``output`` (Markdown) and ``json_output``.
+    smaller one (an 8 GB card): a run that then runs out of memory is recorded as such. With
+    ``runtime`` openvino the network is converted (or found in the cache) before the timed runs,
+    and the time that took is recorded apart. Appends to ``output`` (Markdown) and ``json_output``.
     """
     import tempfile
 
     import numpy as np
 
     from .labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
-    from .model import resolve_device
+    from .model import check_runtime, resolve_device
 
     label_ids = parse_label_prompt(labels)
     validate_automatic_prompt(label_ids)
     classes = len(expand_subclasses(label_ids)) if label_ids is not None else 117
     torch_device = resolve_device(device)
+    check_runtime(runtime, torch_device)
+    preparing = {precision: _prepare_runtime(runtime, weights, precision, window_batch) for precision in precisions}
     results = []
     with tempfile.TemporaryDirectory(prefix="vista3d-bench-") as folder:
         source, description = _comparison_input(input_path, phantom, Path(folder))
@@ -317,7 +322,7 @@ def run_reference_comparison(
             runs = {
                 pipeline: _run_in_child(
                     PipelineRun(pipeline, str(source), None if label_ids is None else tuple(label_ids), precision,
-                                str(torch_device), weights, window_batch, gpu_memory_gib),
+                                str(torch_device), weights, window_batch, gpu_memory_gib, runtime),
                     Path(folder) / f"{pipeline}-{precision}.npy",
                 )
                 for pipeline in ("reference", "engine")
@@ -339,6 +344,8 @@ def run_reference_comparison(
                 "identical": compared and bool(np.array_equal(reference_labels, engine_labels)),
                 "window_batch": window_batch,
                 "gpu_memory_limit_gib": gpu_memory_gib,
+                "runtime": runtime,
+                "runtime_preparation_seconds": preparing[precision],
                 "command": _command(),
             }
             results.append(result)
@@ -351,6 +358,26 @@ def run_reference_comparison(
     _append_json(json_output, results)
     print(f"appended to {output} and {json_output}")
     return results
+
+
+def _prepare_runtime(runtime: str, weights: Optional[str], precision: str, window_batch: int) -> Optional[float]:
+    """Seconds to make ``runtime`` ready for the timed runs (OpenVINO converts the network once per
+    weights, then the runs read it from the cache), or None for PyTorch, which needs nothing."""
+    if runtime == "torch":
+        return None
+    import torch
+
+    from .engine import Engine
+    from .model import build_network, load_network
+
+    started = time.perf_counter()
+    if weights:
+        network = load_network(weights, "cpu")
+    else:
+        torch.manual_seed(0)  # the weights the timed runs build
+        network = build_network()
+    Engine(network, "cpu", precision, window_batch=window_batch, runtime=runtime).prepare_runtime()
+    return time.perf_counter() - started
 
 
 def _comparison_input(input_path: Optional[str], phantom: Optional[str], folder: Path) -> tuple[Path, str]:
@@ -432,7 +459,7 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
             from .engine import Engine
             from .io import read_image
 
-            engine = Engine(network, device, run.precision, window_batch=run.window_batch)
+            engine = Engine(network, device, run.precision, window_batch=run.window_batch, runtime=run.runtime)
             labels = engine.segment(read_image(run.source), run.label_ids, progress=count_windows).array
         else:
             from .reference import run_reference
@@ -462,11 +489,16 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
 def _append_comparison(path: Path, results: list[dict]) -> None:
     first = results[0]
     rows = []
+    ours = "ours" if first["runtime"] == "torch" else f"ours ({first['runtime']})"
     for result in results:
         reference, engine, precision = result["reference"], result["engine"], result["precision"]
+        if result["runtime_preparation_seconds"] is not None:
+            rows.append((f"{precision}: {result['runtime']}: converting the network and compiling it, before the "
+                         "timed runs (once per weights; then from the cache)",
+                         f"{result['runtime_preparation_seconds']:.1f} s"))
         rows += [
             (f"{precision}: reference pipeline, end to end", _outcome(reference)),
-            (f"{precision}: ours, end to end", _outcome(engine) + (
+            (f"{precision}: {ours}, end to end", _outcome(engine) + (
                 f" ({result['speedup']:.2f}x the reference)" if result["speedup"] else "")),
         ]
         if result["agreement"] is not None:
@@ -475,10 +507,10 @@ def _append_comparison(path: Path, results: list[dict]) -> None:
         rows.append((f"{precision}: peak host memory (max RSS of the process), reference / ours",
                      f"{reference['peak_host_memory_gib']:.2f} / {engine['peak_host_memory_gib']:.2f} GiB"))
         if engine["fallbacks"]:
-            rows.append((f"{precision}: ours, out-of-memory fallbacks", "; ".join(engine["fallbacks"])))
+            rows.append((f"{precision}: {ours}, out-of-memory fallbacks", "; ".join(engine["fallbacks"])))
         if engine["windows"]:
             rate = engine["windows"] * WINDOW_TFLOP * 1e3 / engine["seconds"]
-            rows.append((f"{precision}: ours, network rate ({engine['windows']} windows x {WINDOW_TFLOP} TFLOP "
+            rows.append((f"{precision}: {ours}, network rate ({engine['windows']} windows x {WINDOW_TFLOP} TFLOP "
                          "over the end-to-end time: a lower bound)", f"{rate:.0f} GFLOP/s"))
         if engine["peak_gpu_memory_gib"] is not None:
             rows.append((f"{precision}: peak GPU memory allocated (reserved), reference / ours",
@@ -488,9 +520,10 @@ def _append_comparison(path: Path, results: list[dict]) -> None:
     fp32 = next((result for result in results if result["precision"] == "fp32"), None)
     for result in results:
         if fp32 is not None and result is not fp32 and "failed" not in fp32["reference"] | result["engine"]:
-            rows.append((f"ours at {result['precision']} against the reference at fp32",
+            rows.append((f"{ours} at {result['precision']} against the reference at fp32",
                          f"{fp32['reference']['seconds'] / result['engine']['seconds']:.2f}x faster"))
     settings = "".join([
+        f"; ours with the {first['runtime']} runtime" if first["runtime"] != "torch" else "",
         f"; ours with {first['window_batch']} windows per network call" if first["window_batch"] > 1 else "",
         f"; GPU memory capped at {first['gpu_memory_limit_gib']:g} GiB" if first["gpu_memory_limit_gib"] else "",
     ])

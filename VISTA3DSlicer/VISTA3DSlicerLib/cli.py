@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from .batch import BatchResult, run_batch
 from .errors import Cancelled, VISTA3DError
+from .model import RUNTIMES
 from .progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--weights", help="checkpoint file (default: $VISTA3D_WEIGHTS, else the download)")
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
         command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+        command.add_argument(
+            "--runtime", default="torch", choices=RUNTIMES,
+            help="what runs automatic segmentation: torch (default; reproduces the reference) or openvino "
+            "(CPU only, faster there; pip install openvino; converts the network once, minutes)",
+        )
         command.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
 
     segment = commands.add_parser("segment", help="segment one CT volume")
@@ -162,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     zeroshot.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     zeroshot.add_argument("--overwrite", action="store_true", help="replace an output that exists")
     sam_options(zeroshot)
-    zeroshot.set_defaults(run=_zeroshot, clicks=[])
+    zeroshot.set_defaults(run=_zeroshot, clicks=[], runtime="torch")  # clicks run in PyTorch
 
     labels = commands.add_parser("labels", help="print the label table")
     labels.set_defaults(run=_labels)
@@ -208,6 +214,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="BENCHMARKS.json", help="with --reference: JSON file the results are added to")
     bench.add_argument("--window-batch", type=int, default=1, metavar="N",
                        help="with --reference: our engine runs N windows per network call (default 1)")
+    bench.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                       help="with --reference: what runs our engine's windows (openvino: CPU only)")
     bench.add_argument("--gpu-memory", type=float, metavar="GIB",
                        help="with --reference: let each run allocate at most GIB on the GPU (e.g. 8, an 8 GB card)")
     bench.set_defaults(run=_bench)
@@ -387,8 +395,9 @@ def _label_ids(text: Optional[str]) -> Optional[list[int]]:
 def _engine(args: argparse.Namespace):
     from .engine import Engine
 
-    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision)
-    print(f"VISTA3D on {engine.device} ({args.precision})", file=sys.stderr)
+    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision, runtime=args.runtime)
+    runtime = "" if args.runtime == "torch" else f", {args.runtime}"
+    print(f"VISTA3D on {engine.device} ({args.precision}{runtime})", file=sys.stderr)
     return engine
 
 
@@ -710,7 +719,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise VISTA3DError("--window-batch must be 1 or more and --gpu-memory more than 0 GiB.")
         run_reference_comparison(args.input, args.phantom, args.labels, args.weights, args.device, precisions,
                                  Path(args.output), Path(args.json), window_batch=args.window_batch,
-                                 gpu_memory_gib=args.gpu_memory)
+                                 gpu_memory_gib=args.gpu_memory, runtime=args.runtime)
         return 0
     if args.supervoxels:
         run_supervoxel_benchmark(

@@ -202,17 +202,21 @@ class Engine:
         device: "torch.device | str" = "cpu",
         precision: str = "fp32",
         window_batch: int = 1,
+        runtime: str = "torch",
     ):
-        """``window_batch``: windows per network call (automatic segmentation); more use more memory."""
+        """``window_batch``: windows per network call (automatic segmentation); more use more memory.
+        ``runtime``: what runs the windows of automatic segmentation (``model.RUNTIMES``)."""
         import torch
 
-        from .model import autocast
+        from .model import autocast, check_runtime
 
         if window_batch < 1:
             raise VISTA3DError(f"The window batch must be 1 or more, not {window_batch}.")
         self.device = torch.device(device)
+        check_runtime(runtime, self.device)
         self.precision = precision
         self.window_batch = window_batch
+        self.runtime = runtime
         if self.device.type == "cuda":
             # Every window has the same shape, so cuDNN's search for the fastest convolutions is paid once.
             torch.backends.cudnn.benchmark = True
@@ -221,19 +225,34 @@ class Engine:
         # The class-feature path needs VISTA3D's parts, not only its forward (which test networks may be alone).
         head = getattr(network, "class_head", None)
         self.feature_channels = head.class_embeddings.embedding_dim if head is not None else math.inf
+        self._openvino = None
+        if runtime == "openvino":
+            if head is None:
+                raise VISTA3DError("The OpenVINO runtime needs VISTA3D's image encoder and class head.")
+            from .openvino_runtime import OpenVINOWindows
+
+            self._openvino = OpenVINOWindows(self.network, self._window_features, WINDOW)
 
     @classmethod
     def from_weights(
-        cls, weights: str | Path | None = None, device: str = "auto", precision: str = "fp32"
+        cls, weights: str | Path | None = None, device: str = "auto", precision: str = "fp32", runtime: str = "torch"
     ) -> "Engine":
         """Load a checkpoint (``--weights``, ``VISTA3D_WEIGHTS`` or the verified cached download)."""
-        from .model import load_network, resolve_device
+        from .model import check_runtime, load_network, resolve_device
         from .weights import resolve_weights
 
         resolved = resolve_device(device)
+        check_runtime(runtime, resolved)  # before minutes of loading
         path = resolve_weights(weights)
         logger.info("Loading VISTA3D weights from %s onto %s", path, resolved)
-        return cls(load_network(path, resolved), resolved, precision)
+        return cls(load_network(path, resolved), resolved, precision, runtime=runtime)
+
+    def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:
+        """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the
+        network (minutes, once for these weights; then read from its cache) and compiles it for the
+        engine's precision and window batch. PyTorch needs nothing."""
+        if self._openvino is not None:
+            self._openvino.features(self.precision, self.window_batch, progress)
 
     def segment(
         self,
@@ -287,8 +306,9 @@ class Engine:
 
     def stitched_channels(self, classes: int) -> int:
         """Channels stitched over the volume for ``classes`` classes: the logits, or the class head's
-        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)."""
-        return min(classes, self.feature_channels)
+        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)
+        or when OpenVINO computes the windows (it computes the features, for any classes)."""
+        return self.feature_channels if self._openvino is not None else min(classes, self.feature_channels)
 
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
@@ -345,7 +365,7 @@ class Engine:
         with torch.inference_mode():
             image = prepared.tensor.as_tensor().to(placement.network)
             labels = torch.zeros(prepared.spatial_shape, dtype=torch.int32, device=stitching)
-            forward, to_labels = self._class_path(class_ids, placement)
+            forward, to_labels = self._class_path(class_ids, placement, progress)
 
             def label_slab(slab: torch.Tensor, x0: int) -> None:
                 # A few first-axis planes at a time, so that the logits (or the flat copy of the
@@ -370,21 +390,26 @@ class Engine:
         return np.rint(restored).astype(np.uint8)
 
     def _class_path(
-        self, class_ids: Sequence[int], placement: Placement
+        self, class_ids: Sequence[int], placement: Placement, progress: Optional[ProgressCallback] = None
     ) -> tuple[Callable[["torch.Tensor"], "torch.Tensor"], Callable[["torch.Tensor"], "torch.Tensor"]]:
         """What each window computes for ``class_ids`` and how a stitched slab of it becomes global IDs.
 
-        With more classes than the class head has features, the windows give the features and a slab's
-        logits are made from them (``_features_to_labels``); otherwise the windows give the logits.
-        The network's parts are called directly: ``VISTA3D.forward`` empties the CUDA cache after every
-        window, which makes the next window allocate its memory from the driver again.
+        With more classes than the class head has features, or with OpenVINO, the windows give the
+        features and a slab's logits are made from them (``_features_to_labels``); otherwise the windows
+        give the logits. The network's parts are called directly: ``VISTA3D.forward`` empties the CUDA
+        cache after every window, which makes the next window allocate its memory from the driver again.
         """
         import torch
 
         class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
-        if self.stitched_channels(len(class_ids)) < len(class_ids):
+        if self.stitched_channels(len(class_ids)) < len(class_ids) or self._openvino is not None:
             embeddings = self._class_embeddings(class_vector, placement)
-            return self._window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
+            window_features = (
+                self._window_features
+                if self._openvino is None
+                else self._openvino.features(placement.precision, placement.batch, progress)
+            )
+            return window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
         if math.isinf(self.feature_channels):  # only VISTA3D's forward (a test network)
             prompt = _class_prompt(class_vector)
             return lambda windows: self.network(windows, **prompt), lambda slab: _logits_to_labels(slab, class_ids)

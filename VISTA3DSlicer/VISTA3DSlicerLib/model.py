@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+#: What runs the network of automatic segmentation: PyTorch (the reference's arithmetic, any device)
+#: or OpenVINO (the CPU only; faster there, and not bit-identical: ``openvino_runtime``).
+RUNTIMES = ("torch", "openvino")
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,17 @@ def describe_device(device: str = "auto") -> str:
         return f"{reason}CPU: minutes per volume (a 128³ window takes ~20 s on 2 cores); a GPU is far faster."
     free, total = torch.cuda.mem_get_info(resolved)
     return f"{torch.cuda.get_device_name(resolved)}, {free / 2**30:.1f} of {total / 2**30:.1f} GB free"
+
+
+def check_runtime(runtime: str, device: "torch.device") -> None:
+    """Refuse an unknown runtime, or OpenVINO anywhere but on the CPU, saying what to do instead."""
+    if runtime not in RUNTIMES:
+        raise VISTA3DError(f"Unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}.")
+    if runtime == "openvino" and device.type != "cpu":
+        raise VISTA3DError(
+            f"The OpenVINO runtime runs on the CPU, not on {device}: on a GPU use --runtime torch (far faster "
+            "there), or run on the CPU with --device cpu."
+        )
 
 
 def autocast(device: "torch.device", precision: str) -> ContextManager:
