@@ -37,7 +37,7 @@ from slicer.util import VTKObservationMixin
 
 from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
-from VISTA3DSlicerLib.model import DEVICES, PRECISIONS
+from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
 from VISTA3DSlicerLib.io import ct_warning
 from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, segments_replaced, weights_status
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
@@ -63,6 +63,8 @@ PIP_REQUIREMENTS = {
     "PIL": "pillow>=10",
     "segment_anything": "segment-anything>=1.0",
 }
+#: Installed only for the OpenVINO runtime (pyproject's ``openvino`` extra).
+OPENVINO_REQUIREMENT = {"openvino": "openvino>=2024.4"}
 
 DOCUMENTATION_URL = "https://github.com/vista3dslicer/SlicerVISTA3D#readme"
 EXPORT_FORMATS = (".nii.gz", ".nrrd", ".seg.nrrd")
@@ -132,6 +134,7 @@ class VISTA3DSlicerParameterNode:
     labels - the label prompt: names or VISTA3D IDs separated by commas, or "everything".
     device - "auto" (the GPU if PyTorch sees one), "cpu" or "cuda".
     precision - "fp32" (the reference) or the faster, lower-precision "fp16" / "bf16".
+    runtime - what runs automatic segmentation: "torch" (the reference) or "openvino" (faster on a CPU).
     supervoxelsWholeVolume - compute supervoxels over the whole volume, not around the points.
     snapFraction - snap zero-shot segments to supervoxels covered above this fraction (0: off).
     exportFormat - the labelmap file type of Export.
@@ -142,6 +145,7 @@ class VISTA3DSlicerParameterNode:
     labels: str = "everything"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "fp32"
+    runtime: Annotated[str, Choice(list(RUNTIMES))] = "torch"
     supervoxelsWholeVolume: bool = False
     snapFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = ".seg.nrrd"
@@ -439,10 +443,11 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self) -> None:
         parameters = self._parameterNode
         with reportingErrors(_("Could not start VISTA3D."), waitCursor=False):
-            self.logic.installMissingDependencies()
+            self.logic.installMissingDependencies(parameters.runtime)
             self._runningJob = self.logic.segment(
                 parameters.inputVolume, self._selection.ids, parameters.outputSegmentation,
-                device=parameters.device, precision=parameters.precision, weights=self._chosenWeights("vista3d"),
+                device=parameters.device, precision=parameters.precision, runtime=parameters.runtime,
+                weights=self._chosenWeights("vista3d"),
                 waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onSegmented, onError=self._onJobFailed,
             )
@@ -553,10 +558,11 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.snapFraction = parameters.snapFraction
         try:  # a slot: what fails here must reach the panel, not only the console
-            self.logic.installMissingDependencies()
+            self.logic.installMissingDependencies(parameters.runtime)
             self.logic.updateSegmentFromPoints(
                 parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
                 self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
+                runtime=parameters.runtime,
                 weights=self._chosenWeights("vista3d"), waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onPointsApplied, onError=self._onPointsRefused)
         except Exception as error:
@@ -701,12 +707,13 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise VISTA3DError(_("Tick the volumes to segment first."))
             if not self._selection.ids:
                 raise VISTA3DError(_("Tick the structures to segment (or Everything) first."))
-            self.logic.installMissingDependencies()
+            self.logic.installMissingDependencies(parameters.runtime)
             self._batchCancel = CancelToken()
             self._updateButtons()
             try:
                 report = self.logic.segmentVolumes(
                     volumeNodes, self._selection.ids, device=parameters.device, precision=parameters.precision,
+                    runtime=parameters.runtime,
                     weights=self._chosenWeights("vista3d"), progress=self._showProgress, cancel=self._batchCancel)
             finally:
                 self._batchCancel = None
@@ -839,6 +846,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         *,
         device: str = "auto",
         precision: str = "fp32",
+        runtime: str = "torch",
         weights: Union[str, Path, None] = None,
         replaceExisting: Optional[bool] = None,
         waitForCompletion: bool = True,
@@ -853,12 +861,12 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         and VISTA3D IDs, or None for everything. Segments of the same classes already in
         ``segmentationNode`` are replaced only if ``replaceExisting`` is True; None asks the user
         first, False refuses. ``weights``: a checkpoint file; None uses $VISTA3D_WEIGHTS or the
-        download cache (and offers the download). Returns the segmentation node (or, without
+        download cache (and offers the download). ``runtime``: ``model.RUNTIMES``. Returns the segmentation node (or, without
         ``waitForCompletion``, the Job; ``onDone(segmentationNode)`` follows on the main thread).
         """
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
-        self.installMissingDependencies()
+        self.installMissingDependencies(runtime)
         labelIds = self._labelIds(labelPrompt)
         labels.validate_automatic_prompt(labelIds)
         self._confirmReplacing(segmentationNode, labelIds, replaceExisting)
@@ -866,7 +874,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         weightsPath = self._weightsPath(weights, progress)
 
         def work(report, cancel):
-            engine = self._engine(weightsPath, device, precision)
+            engine = self._engine(weightsPath, device, precision, runtime)
             return engine.segment(image, labelIds, progress=report, cancel=cancel)
 
         def apply(labelmap):
@@ -936,7 +944,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             node.SetMarkupLabelFormat("+" if positive else "-")
         return node
 
-    def _editor(self, volumeNode, device: str, precision: str, weights) -> Callable[[], ClickEditor]:
+    def _editor(self, volumeNode, device: str, precision: str, runtime: str, weights) -> Callable[[], ClickEditor]:
         """A function (for the worker) giving the click editor of ``volumeNode``, made when the
         volume or its voxels changed (the image is read here, on the main thread)."""
         imageData = volumeNode.GetImageData()
@@ -951,14 +959,15 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             from VISTA3DSlicerLib.interactive import Session
 
             session.clear()
-            session["editor"] = ClickEditor(Session(self._engine(weightsPath, device, precision), image))
+            # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
+            session["editor"] = ClickEditor(Session(self._engine(weightsPath, device, precision, runtime), image))
             session["key"] = key
             return session["editor"]
 
         return make
 
     def updateSegmentFromPoints(self, volumeNode, segmentationNode, segmentId: str, positiveNode, negativeNode, *,
-                                device: str = "auto", precision: str = "fp32", weights=None,
+                                device: str = "auto", precision: str = "fp32", runtime: str = "torch", weights=None,
                                 waitForCompletion: bool = True, progress=None, onDone=None, onError=None):
         """Recompute a segment from the points of the two lists (all of them: added, moved or
         removed ones are all handled) and rewrite only the part of it that changed. A point outside
@@ -967,7 +976,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                   + [PointPrompt(p, False) for p in slicer_adapter.points_from_markups(negativeNode, volumeNode)])
         label = slicer_adapter.segment_label(segmentationNode, segmentId)
         current = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
-        editorOf = self._editor(volumeNode, device, precision, weights)
+        editorOf = self._editor(volumeNode, device, precision, runtime, weights)
         fraction = self.snapFraction
 
         def work(report, cancel):
@@ -1146,15 +1155,15 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             return self.downloadWeights(source, progress=progress)
 
     @staticmethod
-    def _engine(weightsPath: Path, device: str, precision: str):
-        """The network for (weights, device, precision), loaded once (on the worker thread)."""
+    def _engine(weightsPath: Path, device: str, precision: str, runtime: str):
+        """The network for (weights, device, precision, runtime), loaded once (on the worker thread)."""
         from VISTA3DSlicerLib.engine import Engine
 
-        key = (str(weightsPath), device, precision)
+        key = (str(weightsPath), device, precision, runtime)
         cache = VISTA3DSlicerLogic._engineCache
         if key not in cache:
             cache.clear()  # free the previous network before loading the next one
-            cache[key] = Engine.from_weights(weightsPath, device=device, precision=precision)
+            cache[key] = Engine.from_weights(weightsPath, device=device, precision=precision, runtime=runtime)
         return cache[key]
 
     def dropEngine(self) -> None:
@@ -1163,14 +1172,16 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     # -- dependencies -------------------------------------------------------------------------
 
-    def installMissingDependencies(self) -> None:
+    def installMissingDependencies(self, runtime: str = "torch") -> None:
         """Install PyTorch (through the PyTorch extension) and the packages of ``PIP_REQUIREMENTS``
-        that are missing, each after asking the user. Raises ``VISTA3DError`` if the user says no.
+        (and OpenVINO for that runtime) that are missing, each after asking the user. Raises
+        ``VISTA3DError`` if the user says no.
         """
         # torch first: pip would otherwise pull a generic torch build in as a dependency of monai.
         if importlib.util.find_spec("torch") is None:
             self._installTorch()
-        missing = [requirement for name, requirement in PIP_REQUIREMENTS.items()
+        requirements = PIP_REQUIREMENTS | (OPENVINO_REQUIREMENT if runtime == "openvino" else {})
+        missing = [requirement for name, requirement in requirements.items()
                    if importlib.util.find_spec(name) is None]
         if not missing:
             return

@@ -182,6 +182,7 @@ PANEL_WIDGETS = {
     "deviceComboBox": "QComboBox",
     "deviceInfoLabel": "QLabel",
     "precisionComboBox": "QComboBox",
+    "runtimeComboBox": "QComboBox",
     "weightsModelComboBox": "QComboBox",
     "weightsStatusLabel": "QLabel",
     "downloadWeightsButton": "QPushButton",
@@ -237,8 +238,9 @@ PANEL_SECTIONS = [
     ("inputsCollapsibleButton", "Input and output", False,
      ["inputVolumeSelector", "ctWarningLabel", "outputSegmentationSelector"]),
     ("modelCollapsibleButton", "Model", False,
-     ["deviceComboBox", "deviceInfoLabel", "precisionComboBox", "weightsModelComboBox", "weightsStatusLabel",
-      "downloadWeightsButton", "browseWeightsButton", "openWeightsFolderButton", "deleteWeightsButton"]),
+     ["deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
+      "weightsStatusLabel", "downloadWeightsButton", "browseWeightsButton", "openWeightsFolderButton",
+      "deleteWeightsButton"]),
     ("autoCollapsibleButton", "Automatic segmentation", False,
      ["labelSearchBox", "everythingCheckBox", "labelTree", "selectionSummaryLabel", "labelsLineEdit", "applyButton"]),
     ("interactiveCollapsibleButton", "Correct with clicks", False,
@@ -272,6 +274,7 @@ PARAMETER_BINDINGS = {
     "labelsLineEdit": "labels",
     "deviceComboBox": "device",
     "precisionComboBox": "precision",
+    "runtimeComboBox": "runtime",
     "supervoxelsWholeVolumeCheckBox": "supervoxelsWholeVolume",
     "snapSlider": "snapFraction",
     "exportFormatComboBox": "exportFormat",
@@ -281,6 +284,7 @@ PARAMETER_BINDINGS = {
 COMBO_ITEMS = {
     "deviceComboBox": ["auto", "cpu", "cuda"],
     "precisionComboBox": ["fp32", "fp16", "bf16"],
+    "runtimeComboBox": ["torch", "openvino"],
     "exportFormatComboBox": [".nii.gz", ".nrrd", ".seg.nrrd"],
 }
 

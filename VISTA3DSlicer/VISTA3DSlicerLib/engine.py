@@ -306,9 +306,8 @@ class Engine:
 
     def stitched_channels(self, classes: int) -> int:
         """Channels stitched over the volume for ``classes`` classes: the logits, or the class head's
-        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)
-        or when OpenVINO computes the windows (it computes the features, for any classes)."""
-        return self.feature_channels if self._openvino is not None else min(classes, self.feature_channels)
+        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)."""
+        return min(classes, self.feature_channels)
 
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
@@ -394,31 +393,40 @@ class Engine:
     ) -> tuple[Callable[["torch.Tensor"], "torch.Tensor"], Callable[["torch.Tensor"], "torch.Tensor"]]:
         """What each window computes for ``class_ids`` and how a stitched slab of it becomes global IDs.
 
-        With more classes than the class head has features, or with OpenVINO, the windows give the
-        features and a slab's logits are made from them (``_features_to_labels``); otherwise the windows
-        give the logits. The network's parts are called directly: ``VISTA3D.forward`` empties the CUDA
-        cache after every window, which makes the next window allocate its memory from the driver again.
+        With more classes than the class head has features, the windows give the features and a slab's
+        logits are made from them (``_features_to_labels``); otherwise the windows give the logits. The
+        network's parts are called directly: ``VISTA3D.forward`` empties the CUDA cache after every
+        window, which makes the next window allocate its memory from the driver again. With OpenVINO,
+        it computes the features and the class head's product is taken here.
         """
         import torch
 
         class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
-        if self.stitched_channels(len(class_ids)) < len(class_ids) or self._openvino is not None:
-            embeddings = self._class_embeddings(class_vector, placement)
-            window_features = (
-                self._window_features
-                if self._openvino is None
-                else self._openvino.features(placement.precision, placement.batch, progress)
-            )
-            return window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
+        classes = len(class_ids)
+
+        def to_labels(logits: torch.Tensor) -> torch.Tensor:
+            return _logits_to_labels(logits, class_ids)
+
         if math.isinf(self.feature_channels):  # only VISTA3D's forward (a test network)
             prompt = _class_prompt(class_vector)
-            return lambda windows: self.network(windows, **prompt), lambda slab: _logits_to_labels(slab, class_ids)
+            return lambda windows: self.network(windows, **prompt), to_labels
+        if self._openvino is None and self.stitched_channels(classes) == classes:
 
-        def window_logits(windows: torch.Tensor) -> torch.Tensor:
-            # VISTA3D.forward's automatic branch: the class head's [classes, B, ...] turned to [B, classes, ...].
-            return self.network.class_head(self._auto_features(windows), class_vector)[0].transpose(0, 1)
+            def window_logits(windows: torch.Tensor) -> torch.Tensor:
+                # VISTA3D.forward's automatic branch: the class head's [classes, B, ...] turned to [B, classes, ...].
+                return self.network.class_head(self._auto_features(windows), class_vector)[0].transpose(0, 1)
 
-        return window_logits, lambda slab: _logits_to_labels(slab, class_ids)
+            return window_logits, to_labels
+        # The class head taken apart: the windows' image features, then the embeddings' product with them.
+        embeddings = self._class_embeddings(class_vector, placement)
+        window_features = (
+            self._window_features
+            if self._openvino is None
+            else self._openvino.features(placement.precision, placement.batch, progress)
+        )
+        if self.stitched_channels(classes) < classes:
+            return window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
+        return lambda windows: _class_logits(embeddings, window_features(windows)), to_labels
 
     def _auto_features(self, windows: "torch.Tensor") -> "torch.Tensor":
         """The encoder's features for the automatic (class) branch."""
@@ -450,10 +458,9 @@ class Engine:
         """
         from .model import autocast
 
-        flat = features.reshape(features.shape[0], -1).to(placement.network)
         with autocast(placement.network, placement.precision):
-            logits = embeddings @ flat
-        return _logits_to_labels(logits.float(), class_ids).to(features.device).reshape(features.shape[1:])
+            logits = _class_logits(embeddings, features.to(placement.network))
+        return _logits_to_labels(logits.float(), class_ids).to(features.device)
 
     @staticmethod
     def _counted(
@@ -499,6 +506,13 @@ def _class_ids(label_ids: Optional[Sequence[int]]) -> list[int]:
     prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
     label_table.validate_automatic_prompt(prompt)
     return label_table.expand_subclasses(prompt)
+
+
+def _class_logits(embeddings: "torch.Tensor", features: "torch.Tensor") -> "torch.Tensor":
+    """The class head's logits ``[..., K, X, Y, Z]`` from its class embeddings ``[K, C]`` and image
+    features ``[..., C, X, Y, Z]`` (``ClassMappingClassify``: the embeddings times the features)."""
+    flat = features.reshape(*features.shape[:-3], -1)
+    return (embeddings @ flat).reshape(*flat.shape[:-2], embeddings.shape[0], *features.shape[-3:])
 
 
 def _logits_to_labels(logits: "torch.Tensor", class_ids: Sequence[int]) -> "torch.Tensor":

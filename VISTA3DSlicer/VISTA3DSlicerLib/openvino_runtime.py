@@ -23,12 +23,13 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import VISTA3DError
 from .progress import ProgressCallback, report
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +47,13 @@ def _import_openvino() -> Any:
     return openvino
 
 
-WindowFunction = Callable[[torch.Tensor], torch.Tensor]
+WindowFunction = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
-class _Traced(torch.nn.Module):
-    """``window_features`` as a module holding ``network``'s weights: OpenVINO converts modules."""
-
-    def __init__(self, network: torch.nn.Module, window_features: WindowFunction) -> None:
-        super().__init__()
-        self.network = network
-        self.window_features = window_features
-
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.window_features(windows)
-
-
-def weights_digest(network: torch.nn.Module) -> str:
+def weights_digest(network: "torch.nn.Module") -> str:
     """SHA-256 of the network's parameters and buffers (names, dtypes, shapes and values)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in network.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
@@ -80,7 +71,7 @@ class OpenVINOWindows:
 
     def __init__(
         self,
-        network: torch.nn.Module,
+        network: "torch.nn.Module",
         window_features: WindowFunction,
         window: int,
         cache_folder: Optional[Path] = None,
@@ -100,6 +91,8 @@ class OpenVINOWindows:
         self, precision: str, batch: int, progress: Optional[ProgressCallback] = None
     ) -> WindowFunction:
         """The features of a batch of ``batch`` windows at ``precision`` (fp32 or bf16)."""
+        import torch
+
         if precision not in _PRECISION_HINTS:
             raise VISTA3DError(f"The OpenVINO runtime runs at fp32 or bf16, not {precision!r}.")
         key = (precision, batch)
@@ -159,10 +152,22 @@ class OpenVINOWindows:
         values (largest difference 0.003 against 0.008) here; the conversion is cached, the windows are not.
         """
         import openvino
+        import torch
+
+        class Traced(torch.nn.Module):
+            """``window_features`` as a module holding the network's weights: OpenVINO converts modules."""
+
+            def __init__(self, network: torch.nn.Module, window_features: WindowFunction) -> None:
+                super().__init__()
+                self.network = network
+                self.window_features = window_features
+
+            def forward(self, windows: torch.Tensor) -> torch.Tensor:
+                return self.window_features(windows)
 
         example = torch.zeros(batch, 1, self.window, self.window, self.window)
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer's notes on Python branches concern shapes, and every window has the same shape.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
-            return openvino.convert_model(_Traced(self.network, self.window_features), example_input=example)
+            return openvino.convert_model(Traced(self.network, self.window_features), example_input=example)
