@@ -14,6 +14,9 @@ are stitched instead of the logits, and the logits are made a chunk of voxels at
 stops growing with the classes. A volume that cannot fit is refused before anything is allocated
 (``memory_needed`` against ``available_memory``), and a run out of memory midway falls back to
 fewer windows at once, then (on a GPU) to stitching on the CPU, then to the CPU (``placements``).
+
+Runtime: PyTorch by default; on a CPU, ``runtime="openvino"`` has OpenVINO compute the windows'
+class features (``openvino_runtime``), faster there but not bit-identical to the reference.
 """
 
 from __future__ import annotations

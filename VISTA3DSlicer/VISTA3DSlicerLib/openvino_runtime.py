@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: OpenVINO's ``INFERENCE_PRECISION_HINT`` for each of the engine's CPU precisions.
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
+WindowFunction = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
 def _import_openvino() -> Any:
     try:
         import openvino
@@ -45,9 +48,6 @@ def _import_openvino() -> Any:
             "`pip install openvino` (in Slicer: slicer.util.pip_install('openvino')), or use --runtime torch."
         ) from None
     return openvino
-
-
-WindowFunction = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def weights_digest(network: "torch.nn.Module") -> str:
