@@ -861,8 +861,9 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         and VISTA3D IDs, or None for everything. Segments of the same classes already in
         ``segmentationNode`` are replaced only if ``replaceExisting`` is True; None asks the user
         first, False refuses. ``weights``: a checkpoint file; None uses $VISTA3D_WEIGHTS or the
-        download cache (and offers the download). ``runtime``: ``model.RUNTIMES``. Returns the segmentation node (or, without
-        ``waitForCompletion``, the Job; ``onDone(segmentationNode)`` follows on the main thread).
+        download cache (and offers the download). ``runtime``: one of ``model.RUNTIMES``. Returns the
+        segmentation node (or, without ``waitForCompletion``, the Job; ``onDone(segmentationNode)``
+        follows on the main thread).
         """
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
