@@ -22,6 +22,7 @@ from .geometry import Image
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 #: The example CT the project's tests use, when ``../shared/data`` is beside the checkout.
 DEFAULT_INPUT = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-example/example_ct_sm.nii.gz"
@@ -107,16 +108,25 @@ def _source(input_path: Optional[str]) -> Path:
 
 def _engine(weights: Optional[str], device: str, precision: str):
     """The engine to time, and a note saying which weights it holds."""
-    import torch
-
     from .engine import Engine
-    from .model import build_network, load_network, resolve_device
+    from .model import resolve_device
 
     torch_device = resolve_device(device)
+    note = str(weights) if weights else "random vista3d132 weights (seed 0)"
+    return Engine(_network(weights, torch_device), torch_device, precision), note
+
+
+def _network(weights: Optional[str], device) -> "torch.nn.Module":
+    """The network a benchmark times, in eval mode on ``device``: the checkpoint ``weights``, or
+    vista3d132 with random weights from seed 0, the same in every process of a comparison."""
+    import torch
+
+    from .model import build_network, load_network
+
     if weights:
-        return Engine(load_network(weights, torch_device), torch_device, precision), str(weights)
+        return load_network(weights, device)
     torch.manual_seed(0)
-    return Engine(build_network(), torch_device, precision), "random vista3d132 weights (seed 0)"
+    return build_network().eval().to(device)
 
 
 #: Clicks of the click benchmark, as points of the network grid (1.5 mm voxels, RAS axes): three
@@ -365,17 +375,10 @@ def _prepare_runtime(runtime: str, weights: Optional[str], precision: str, windo
     weights, then the runs read it from the cache), or None for PyTorch, which needs nothing."""
     if runtime == "torch":
         return None
-    import torch
-
     from .engine import Engine
-    from .model import build_network, load_network
 
     started = time.perf_counter()
-    if weights:
-        network = load_network(weights, "cpu")
-    else:
-        torch.manual_seed(0)  # the weights the timed runs build
-        network = build_network()
+    network = _network(weights, "cpu")  # the weights the timed runs build
     Engine(network, "cpu", precision, window_batch=window_batch, runtime=runtime).prepare_runtime()
     return time.perf_counter() - started
 
@@ -431,7 +434,6 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     import torch
 
     from .engine import _is_out_of_memory
-    from .model import build_network, load_network
 
     device = torch.device(run.device)
     if run.gpu_memory_gib and device.type == "cuda":
@@ -441,11 +443,7 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     warnings = logging.Handler(logging.WARNING)
     warnings.emit = lambda record: fallbacks.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("VISTA3DSlicerLib.engine").addHandler(warnings)
-    if run.weights:
-        network = load_network(run.weights, device)
-    else:
-        torch.manual_seed(0)
-        network = build_network().eval().to(device)
+    network = _network(run.weights, device)
     windows = []  # the engine's count of windows, from its progress reports
 
     def count_windows(done: int, total: int, message: str) -> None:

@@ -219,7 +219,6 @@ class Engine:
         check_runtime(runtime, self.device)
         self.precision = precision
         self.window_batch = window_batch
-        self.runtime = runtime
         if self.device.type == "cuda":
             # Every window has the same shape, so cuDNN's search for the fastest convolutions is paid once.
             torch.backends.cudnn.benchmark = True
