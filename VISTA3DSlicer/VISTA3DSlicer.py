@@ -62,6 +62,7 @@ PIP_REQUIREMENTS = {
     "tqdm": "tqdm>=4.60",
     "PIL": "pillow>=10",
     "segment_anything": "segment-anything>=1.0",
+    "psutil": "psutil>=5.9",
 }
 #: Installed only for the OpenVINO runtime (pyproject's ``openvino`` extra).
 OPENVINO_REQUIREMENT = {"openvino": "openvino>=2024.4"}
