@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -108,3 +109,40 @@ def small_sam():
     )
     prompt = PromptEncoder(embed_dim=neck, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4)
     return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
+
+
+# ------------------------------------------------------------------ real Slicer code (slicer-core)
+
+
+@pytest.fixture(scope="session")
+def terminology_share_dir(tmp_path_factory) -> Optional[Path]:
+    """Slicer's default terminology contexts under the names its Terminologies logic loads."""
+    from headless_slicer import terminology_share_dir
+
+    return terminology_share_dir(tmp_path_factory.mktemp("terminologies"))
+
+
+@pytest.fixture
+def slicer_app(terminology_share_dir):
+    """A fresh headless Slicer (real MRML from slicer-core) installed as ``slicer.app``,
+    ``slicer.mrmlScene`` and ``slicer.modules``; skipped where slicer-core cannot be installed."""
+    from headless_slicer import HeadlessSlicer, installed, slicer_core_missing
+
+    reason = slicer_core_missing()
+    if reason:
+        pytest.skip(reason)
+    application = HeadlessSlicer(terminology_share_dir)
+    with installed(application):
+        yield application
+
+
+@pytest.fixture
+def vista3d_module(slicer_app, monkeypatch):
+    """``VISTA3DSlicer.py`` imported afresh on the headless Slicer (its own worker thread, stopped after)."""
+    monkeypatch.delitem(sys.modules, "VISTA3DSlicer", raising=False)
+    import VISTA3DSlicer
+
+    yield VISTA3DSlicer
+    worker = VISTA3DSlicer.VISTA3DSlicerLogic._worker
+    if worker is not None:
+        assert worker.shutdown(timeout=60), "the worker thread did not stop"
