@@ -119,6 +119,10 @@ VISTA3D is described in Y. He et al., "VISTA3D: A Unified Segmentation Foundatio
 Medical Imaging", CVPR 2025. The model weights are NVIDIA's and are used under NVIDIA's licence,
 not under this extension's Apache-2.0 licence: check which licence applies to your use.
 """)
+        # Slicer's terminology selector must find VISTA3D's codes in the contexts the segments'
+        # tags name, also in scenes loaded before the module is opened; the module logics exist
+        # once Slicer has started.
+        slicer.app.connect("startupCompleted()", slicer_adapter.load_terminology_contexts)
 
 
 #

@@ -28,6 +28,10 @@ def test_cmake_resources_exist_and_include_what_the_module_loads():
     for resource in resources:
         assert (REPO / "Resources" / resource).is_file(), resource
     assert {"UI/VISTA3DSlicer.ui", "Icons/VISTA3DSlicer.png", "VISTA3DColorTable.csv"} <= set(resources)
+    # The terminology contexts the module loads at start-up.
+    from VISTA3DSlicerLib.labels import terminology_context_paths
+
+    assert {str(p.relative_to(REPO / "Resources")) for p in terminology_context_paths()} <= set(resources)
 
 
 def test_extension_metadata_depends_on_pytorch_and_points_at_files_in_the_repository():

@@ -136,8 +136,8 @@ def test_terminology_entry_format():
     for info in [*labels.label_table().values(), labels.label_info(200)]:
         parts = info.terminology_entry().split("~")
         assert len(parts) == 7
-        assert parts[0] == "Segmentation category and type - DICOM master list"
-        assert parts[4] == "Anatomic codes - DICOM master list"
+        assert parts[0] == "Segmentation category and type - VISTA3D"
+        assert parts[4] == "Anatomic codes - VISTA3D"
         for index in (1, 2, 3, 5, 6):
             assert parts[index].count("^") == 2
         assert parts[1] == f"{info.category.scheme}^{info.category.value}^{info.category.meaning}"

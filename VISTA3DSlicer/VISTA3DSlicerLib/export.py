@@ -237,7 +237,7 @@ def export_segmentation(
 
     ``affine`` is the reference grid's ``IJKToRAS`` matrix. The labelmap's format follows the
     name (see ``io.write_labelmap``); a ``.seg.nrrd`` carries each segment's name, colour and
-    terminology codes (under the DICOM master list context names every VISTA3D label uses).
+    terminology codes (under the context names every VISTA3D label uses, ``labels.CATEGORY_TYPE_CONTEXT``).
     The colour table is ``<stem>.csv`` with one row per segment (see ``segment_label_infos``),
     also for a segment wholly hidden under later ones, which the labelmap cannot hold. Neither file is replaced unless ``overwrite``, and both are
     checked before either is written. If the colour table cannot be written, the labelmap just

@@ -31,10 +31,17 @@ from .errors import VISTA3DError
 
 COLOUR_TABLE_FILENAME = "VISTA3DColorTable.csv"
 
-# Terminology context names Slicer ships (the "DICOM master list" contexts). They are written
-# into a segment's TerminologyEntry tag; the codes themselves come from the CSV.
-CATEGORY_TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+# The terminology contexts every segment's TerminologyEntry tag names. Slicer's terminology
+# selector looks the codes up in the context the tag names, and Slicer's own contexts (the DICOM
+# master lists) lack about half of VISTA3D's codes (single vertebrae and ribs, ...). So the
+# extension ships two contexts holding exactly the codes of the CSV (Resources/Terminologies,
+# checked against it by the tests) and the Slicer module loads them at start-up.
+CATEGORY_TYPE_CONTEXT = "Segmentation category and type - VISTA3D"
+ANATOMIC_CONTEXT = "Anatomic codes - VISTA3D"
+TERMINOLOGY_FILENAMES = (
+    "SegmentationCategoryTypeModifier-VISTA3D.term.json",
+    "AnatomicRegionAndModifier-VISTA3D.term.json",
+)
 
 LAST_TRAINED_ID = 132
 ZERO_SHOT_IDS = range(133, 255)  # 255 would collide with the bundle's "not processed" value
@@ -166,6 +173,12 @@ def resources_dir() -> Path:
 def colour_table_path() -> Path:
     """The label colour/terminology table (a Slicer CSV colour table)."""
     return resources_dir() / COLOUR_TABLE_FILENAME
+
+
+def terminology_context_paths() -> tuple[Path, Path]:
+    """The shipped category/type context and region context files (Slicer ``.term.json``)."""
+    folder = resources_dir() / "Terminologies"
+    return folder / TERMINOLOGY_FILENAMES[0], folder / TERMINOLOGY_FILENAMES[1]
 
 
 def _code(row: Mapping[str, str | None], part: str) -> Code | None:
