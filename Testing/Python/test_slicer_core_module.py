@@ -1,0 +1,376 @@
+"""The module's Logic (and its self-test) on real Slicer code: slicer-core's scene and module logics,
+with a small random VISTA3D network of the real design (see ``headless_slicer.py`` for what stands
+in for Slicer's application). Every dialog function raises here, so each test also checks that the
+Logic runs headless: it asks the user nothing and installs nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import tracemalloc
+import weakref
+
+import numpy as np
+import pytest
+
+from headless_slicer import linear_transform, rotation, volume_from_array
+
+#: A small CT at 1.5 mm (the network's grid): one 128³ window.
+CT_SHAPE = (48, 44, 30)
+CT_AFFINE = np.diag([-1.5, -1.5, 1.5, 1.0])
+
+
+def synthetic_ct() -> np.ndarray:
+    """Air around an elliptic body of soft tissue (40 HU) holding a brighter organ (120 HU)."""
+    i, j, k = np.ogrid[:CT_SHAPE[0], :CT_SHAPE[1], :CT_SHAPE[2]]
+    body = ((i - 24) / 20) ** 2 + ((j - 22) / 17) ** 2 < 1
+    organ = ((i - 18) / 8) ** 2 + ((j - 20) / 7) ** 2 + ((k - 15) / 9) ** 2 < 1
+    return np.where(organ, 120, np.where(body, 40, -1000)).astype(np.int16) + np.zeros(CT_SHAPE, np.int16)
+
+
+@pytest.fixture
+def ct(slicer_app):
+    import slicer
+
+    return volume_from_array(slicer, synthetic_ct(), CT_AFFINE)
+
+
+@pytest.fixture
+def logic(vista3d_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "cache"))  # no weights: nothing downloaded here
+    monkeypatch.delenv("VISTA3D_WEIGHTS", raising=False)
+    return vista3d_module.VISTA3DSlicerLogic()
+
+
+def click_session_engine(logic):
+    """The network the Logic's click session runs on, or None when it has no session."""
+    session = logic._clickSession
+    return session.editor.session.engine if session is not None else None
+
+
+def segments_of(segmentation) -> dict[str, str]:
+    """Segment name -> ID."""
+    seg = segmentation.GetSegmentation()
+    return {seg.GetNthSegment(i).GetName(): seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())}
+
+
+def expected_labels(small_network, ct_node, label_ids):
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.engine import Engine
+
+    return Engine(small_network).segment(slicer_adapter.image_from_volume_node(ct_node), label_ids).array
+
+
+# ------------------------------------------------------------------------------ automatic segmentation
+
+
+def test_segment_writes_what_the_engine_computes_into_a_new_segmentation_on_the_volume(
+        logic, ct, small_checkpoint, small_network):
+    import slicer
+
+    from VISTA3DSlicerLib import labels, slicer_adapter
+
+    ct.SetAndObserveTransformNodeID(linear_transform(slicer, rotation(15.0, 2, (4.0, 0.0, -2.0))).GetID())
+    segmentation = logic.segment(ct, "liver, spleen", weights=small_checkpoint, device="cpu")
+
+    assert segmentation.GetTransformNodeID() == ct.GetTransformNodeID()
+    expected = expected_labels(small_network, ct, [1, 3])
+    names = segments_of(segmentation)
+    assert set(names) <= {"Liver", "Spleen"} and names
+    for name, segment_id in names.items():
+        label = slicer_adapter.segment_label(segmentation, segment_id)
+        assert labels.label_info(label).display_name == name
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, segment_id, ct), expected == label)
+
+
+def test_a_rerun_into_the_same_segmentation_is_refused_unless_replacing_is_asked_for(
+        logic, ct, small_checkpoint, vista3d_module):
+    """The Logic never asks (no dialog): the panel asks the user and passes the answer in."""
+    import slicer
+
+    from VISTA3DSlicerLib import slicer_adapter
+
+    segmentation = logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+    liver = segments_of(segmentation)["Liver"]
+    drawn = segmentation.GetSegmentation().AddEmptySegment("", "my liver")
+    before = slicer_adapter.segment_mask(segmentation, liver, ct)
+    assert logic.segmentsToReplace(segmentation, "liver, spleen") == ["Liver"]
+
+    with pytest.raises(vista3d_module.VISTA3DError, match="Nothing was changed: Liver would have been replaced"):
+        logic.segment(ct, ["liver"], segmentation, weights=small_checkpoint, device="cpu")
+    np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, liver, ct), before)
+
+    logic.segment(ct, ["liver"], segmentation, weights=small_checkpoint, device="cpu", replaceExisting=True)
+    assert set(segments_of(segmentation)) == {"Liver", "my liver"}
+    assert segments_of(segmentation)["Liver"] == liver and segments_of(segmentation)["my liver"] == drawn
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+
+
+def test_missing_weights_are_a_message_not_a_dialog(logic, ct, vista3d_module):
+    with pytest.raises(vista3d_module.VISTA3DError, match="not on this computer.*allowDownload=True"):
+        logic.segment(ct, ["liver"], device="cpu")
+
+
+def test_a_call_that_does_not_wait_returns_at_once_and_downloads_on_the_worker(
+        logic, ct, small_checkpoint, monkeypatch, tmp_path):
+    """allowDownload=True: the download is part of the job, so waitForCompletion=False never blocks on it."""
+    import shutil
+
+    from VISTA3DSlicerLib import weights
+
+    release = threading.Event()
+    threads = []
+
+    def download(source=None, *, progress=None, cancel=None, **_):
+        threads.append(threading.current_thread().name)
+        assert release.wait(60), "the test never let the download finish"
+        target = weights.cached_path(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(small_checkpoint, target)
+        return target
+
+    monkeypatch.setattr(weights, "download", download)
+    done = []
+    job = logic.segment(ct, ["liver"], device="cpu", allowDownload=True, waitForCompletion=False,
+                        onDone=done.append, onError=lambda error: done.append(error))
+    assert not job.done and not done  # returned while the download is still waiting
+    release.set()
+    job.wait(pump=logic.worker().dispatch)
+    assert threads == ["VISTA3D worker"]
+    assert len(done) == 1 and done[0].IsA("vtkMRMLSegmentationNode"), done
+
+
+def test_missing_packages_are_a_message_naming_them(logic, ct, small_checkpoint, monkeypatch, vista3d_module):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else find_spec(name, *a))
+    assert logic.missingDependencies() == ["monai>=1.5,<1.7"]
+    with pytest.raises(vista3d_module.VISTA3DError, match="monai>=1.5,<1.7"):
+        logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+
+
+def test_segment_volumes_reports_each_volume_and_goes_on_after_a_failure(logic, ct, small_checkpoint, slicer_app):
+    import slicer
+
+    colour = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    slicer.util.updateVolumeFromArray(colour, np.zeros((4, 5, 6, 3), np.uint8))
+    report = logic.segmentVolumes([colour, ct], "liver", weights=small_checkpoint, device="cpu")
+
+    assert [result.name for result in report.results] == ["photo", "CT"]
+    assert "1 done" in report.summary() and "1 failed" in report.summary()
+    assert "not a single-channel 3D volume" in report.results[0].message
+    segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+    assert [node.GetName() for node in segmentations] == ["CT VISTA3D"]
+
+
+def test_new_segmentation_node_follows_the_volume(logic, ct):
+    import slicer
+
+    transform = linear_transform(slicer, rotation(10.0, 1))
+    ct.SetAndObserveTransformNodeID(transform.GetID())
+    segmentation = logic.newSegmentationNode(ct)
+    assert segmentation.GetName() == "CT VISTA3D" and segmentation.GetDisplayNode() is not None
+    assert segmentation.GetTransformNodeID() == transform.GetID()
+    assert segmentation.GetNodeReference("referenceImageGeometryRef") is ct
+
+
+def test_the_parameter_node_holds_the_panel_s_defaults_and_real_nodes(logic, ct):
+    parameters = logic.getParameterNode()
+    assert (parameters.labels, parameters.device, parameters.precision, parameters.runtime) == (
+        "everything", "auto", "fp32", "torch")
+    parameters.inputVolume = ct
+    assert logic.getParameterNode().inputVolume is ct
+    with pytest.raises(ValueError):
+        parameters.precision = "int8"
+
+
+# ------------------------------------------------------------------------------ clicks
+
+
+def click_points(logic, ct, positive_ijk, negative_ijk=()):
+    from VISTA3DSlicerLib import slicer_adapter
+
+    image = slicer_adapter.image_from_volume_node(ct)
+    positive, negative = logic.pointListNode(True), logic.pointListNode(False)
+    for node, points in ((positive, positive_ijk), (negative, negative_ijk)):
+        node.RemoveAllControlPoints()
+        for point in points:
+            node.AddControlPoint(image.index_to_ras(np.asarray(point, dtype=float)).tolist())
+    return positive, negative
+
+
+def test_points_correct_a_segment_as_the_library_does_and_undo_redo_restore_it(
+        logic, ct, small_checkpoint, small_network):
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.engine import Engine
+    from VISTA3DSlicerLib.interactive import Session
+
+    segmentation = logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+    liver = segments_of(segmentation)["Liver"]
+    before = slicer_adapter.segment_mask(segmentation, liver, ct)
+    positive, negative = click_points(logic, ct, [(18, 20, 15)], [(30, 22, 15)])
+    assert logic.pointListNode(True) is positive  # one list per sign, made once
+
+    changed = logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=small_checkpoint,
+                                            device="cpu")
+    after = slicer_adapter.segment_mask(segmentation, liver, ct)
+    image = slicer_adapter.image_from_volume_node(ct)
+    reference = Session(Engine(small_network), image).structure(1, mask=before).add_clicks(
+        [(np.array([18, 20, 15]), True), (np.array([30, 22, 15]), False)]).mask
+    np.testing.assert_array_equal(after, reference)
+    assert changed == (not np.array_equal(before, after))
+    assert [p.positive for p in logic.pointsOf(liver)] == [True, False]
+    assert logic.canUndo(liver) and not logic.canRedo(liver)
+
+    logic.stepHistory("undo", ct, segmentation, liver)
+    np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, liver, ct), before)
+    assert logic.canRedo(liver)
+    logic.stepHistory("redo", ct, segmentation, liver)
+    np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, liver, ct), after)
+
+
+def test_a_point_outside_the_volume_is_refused_and_changes_nothing(logic, ct, small_checkpoint, vista3d_module):
+    from VISTA3DSlicerLib import slicer_adapter
+
+    segmentation = logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+    liver = segments_of(segmentation)["Liver"]
+    before = slicer_adapter.segment_mask(segmentation, liver, ct)
+    positive, negative = click_points(logic, ct, [(200, 20, 15)])
+    with pytest.raises(vista3d_module.VISTA3DError, match="outside"):
+        logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=small_checkpoint,
+                                      device="cpu")
+    np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, liver, ct), before)
+
+
+def test_the_click_session_follows_the_engine_settings_and_frees_the_old_network(logic, ct, small_checkpoint):
+    """A click after the precision changed runs on a network of that precision, and the network
+    of the old precision is gone (two full networks need about 2 GB more)."""
+    segmentation = logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+    liver = segments_of(segmentation)["Liver"]
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=small_checkpoint, device="cpu")
+    first = click_session_engine(logic)
+    assert first is not None and first.precision == "fp32"
+    old = weakref.ref(first)
+    del first
+
+    click_points(logic, ct, [(18, 20, 15), (20, 21, 15)])
+    logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=small_checkpoint, device="cpu",
+                                  precision="bf16")
+    assert click_session_engine(logic).precision == "bf16"
+    gc.collect()
+    assert old() is None, "the fp32 network is still held"
+
+
+def test_the_click_session_is_installed_on_the_main_thread(logic, ct, small_checkpoint):
+    """Built on the worker, it becomes the Logic's only when the job's result is dispatched."""
+    segmentation = logic.segment(ct, ["liver"], weights=small_checkpoint, device="cpu")
+    liver = segments_of(segmentation)["Liver"]
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    job = logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=small_checkpoint,
+                                        device="cpu", waitForCompletion=False)
+    job.wait()  # the work is done, its result not yet dispatched
+    assert click_session_engine(logic) is None and logic.pointsOf(liver) == []
+    logic.worker().dispatch()
+    assert click_session_engine(logic) is not None and len(logic.pointsOf(liver)) == 1
+
+
+# ------------------------------------------------------------------------------ zero-shot
+
+
+def test_zero_shot_segments_supervoxels_and_snapping(logic, ct, small_checkpoint, small_sam, monkeypatch, tmp_path,
+                                                     slicer_app):
+    import slicer
+    import torch
+
+    from VISTA3DSlicerLib import labels, slicer_adapter, supervoxels
+
+    segmentation = logic.newSegmentationNode(ct)
+    first = logic.newZeroShotSegment(segmentation, ct, "  cyst ")
+    second = logic.newZeroShotSegment(segmentation, ct, "")
+    assert [slicer_adapter.segment_label(segmentation, s) for s in (first, second)] == [133, 134]
+    assert segments_of(segmentation) == {"cyst": first, labels.label_info(134).display_name: second}
+
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    logic.updateSegmentFromPoints(ct, segmentation, first, positive, negative, weights=small_checkpoint, device="cpu")
+    unsnapped = slicer_adapter.segment_mask(segmentation, first, ct)
+
+    sam_path = tmp_path / "sam.pt"
+    torch.save(small_sam.state_dict(), sam_path)
+    monkeypatch.setattr(supervoxels, "build_sam", lambda kind, checkpoint, device: small_sam)
+    slicer_app.add_slice_views()
+    count = logic.computeSupervoxels(ct, first, device="cpu", samWeights=str(sam_path))
+    assert count > 0
+    supervoxel_node = slicer.mrmlScene.GetFirstNodeByName("VISTA3D supervoxels")
+    assert supervoxel_node.IsA("vtkMRMLLabelMapVolumeNode")
+    assert int(slicer.util.arrayFromVolume(supervoxel_node).max()) == count
+
+    logic.showSupervoxelBoundaries(True)
+    composites = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")
+    assert {c.GetLabelVolumeID() for c in composites} == {supervoxel_node.GetID()}
+    logic.showSupervoxelBoundaries(False)
+    assert {c.GetLabelVolumeID() for c in composites} == {None}
+
+    logic.snapFraction = 0.5
+    logic.reshow(segmentation, first, ct)
+    snapped = slicer_adapter.segment_mask(segmentation, first, ct)
+    supervoxel_ids = slicer.util.arrayFromVolume(supervoxel_node).transpose(2, 1, 0)
+    inside = supervoxel_ids > 0
+    # Snapped: every supervoxel is wholly in or wholly out.
+    for label in np.unique(supervoxel_ids[inside & snapped]):
+        assert snapped[supervoxel_ids == label].all()
+    np.testing.assert_array_equal(snapped[~inside], unsnapped[~inside])
+
+
+def test_supervoxels_need_a_point_first(logic, ct, vista3d_module):
+    with pytest.raises(vista3d_module.VISTA3DError, match="Place a point"):
+        logic.computeSupervoxels(ct, None, device="cpu", samWeights="unused.pt")
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def test_export_paints_one_segment_at_a_time(logic, ct, tmp_path):
+    """Memory: never one full-volume mask per segment at once (117 segments of a 512³ CT: 15 GB)."""
+    import slicer
+
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.geometry import Image
+
+    shape = (96, 96, 64)
+    volume = volume_from_array(slicer, np.zeros(shape, np.int16), CT_AFFINE, "big")
+    labelmap = np.zeros(shape, np.uint8)
+    for index in range(24):  # 24 labels, each a slab
+        labelmap[:, 4 * index:4 * index + 3, 10:50] = index + 1
+    segmentation = logic.newSegmentationNode(volume)
+    slicer_adapter.labelmap_to_segmentation(Image(labelmap, CT_AFFINE), segmentation, volume)
+
+    tracemalloc.start()
+    try:
+        result = logic.export(segmentation, volume, tmp_path / "labels.nii.gz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(result.ids) == 24
+    voxels = int(np.prod(shape))
+    assert peak < 8 * voxels, f"export peaked at {peak / voxels:.1f} bytes per voxel"
+
+
+def test_export_refuses_a_segmentation_without_a_volume(logic, ct, vista3d_module, tmp_path):
+    segmentation = logic.newSegmentationNode(ct)
+    with pytest.raises(vista3d_module.VISTA3DError, match="Select the volume"):
+        logic.export(segmentation, None, tmp_path / "x.nii.gz")
+
+
+# ------------------------------------------------------------------------------ the module's own self-test
+
+
+def test_the_module_self_test_passes_on_real_slicer_code(vista3d_module, slicer_app):
+    import unittest
+
+    test = vista3d_module.VISTA3DSlicerTest("runTest")
+    result = unittest.TestResult()
+    test.run(result)
+    assert result.wasSuccessful(), result.errors + result.failures
