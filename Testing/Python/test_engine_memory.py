@@ -341,7 +341,7 @@ def test_available_memory_reads_proc_meminfo_without_psutil(monkeypatch):
 def test_available_memory_on_a_gpu_is_the_larger_of_gpu_and_host(monkeypatch, host, expected):
     """Free GPU memory plus what PyTorch's cache holds unused (3 + 2 - 1 GiB), or the host's if larger:
     the fallback can stitch there."""
-    monkeypatch.setattr(engine_module, "_host_memory_available", lambda: host)
+    monkeypatch.setattr(engine_module, "host_memory_available", lambda: host)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * GIB, 8 * GIB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2 * GIB)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * GIB)

@@ -156,6 +156,89 @@ def test_supervoxel_cache_computes_once_per_roi(small_sam, monkeypatch):
     assert len(calls) == 3
 
 
+# ------------------------------------------------------------------------------------------- memory
+
+#: Peak host memory one slice adds through SAM ViT-B (random weights, 64x64 slices), measured as the
+#: growth of max RSS over a fresh process that built the model (2 CPU threads, torch 2.13): fp32 the
+#: step from a batch of 1 to 2 (2500 and 5037 MiB), bf16 the batch of 1 (1378 MiB; 2662 for 2).
+MEASURED_VIT_B_SLICE_MIB = {"fp32": 2537, "bf16": 1378}
+
+
+def spy_on_slice_features(monkeypatch) -> list[int]:
+    """The number of slices of each call to ``slice_features`` (which still runs)."""
+    batches: list[int] = []
+    real = sv.slice_features
+
+    def counting(sam, slices):
+        batches.append(len(slices))
+        return real(sam, slices)
+
+    monkeypatch.setattr(sv, "slice_features", counting)
+    return batches
+
+
+def refuse_slice_features(sam, slices):
+    raise AssertionError("SAM ran although the supervoxels were refused")
+
+
+def test_a_budget_below_a_batch_of_eight_gives_smaller_batches_and_the_same_supervoxels(small_sam, monkeypatch):
+    hu, _ = piecewise_volume()
+    image = Image(hu[10:22, 8:20, 6:12], np.eye(4))  # 12 + 12 + 6 = 30 slices
+    estimate = sv.estimate_memory(small_sam, image.shape, output_shape=image.shape)
+    budget = estimate.host_bytes(3)
+    assert estimate.host_bytes(1) < budget < estimate.host_bytes(sv.SLICE_BATCH)
+    batches = spy_on_slice_features(monkeypatch)
+    budgeted = sv.compute_supervoxels(small_sam, image, n_segments=20, memory_budget=budget).array
+    assert max(batches) == 3 and sum(batches) == 30
+    batches.clear()
+    unbudgeted = sv.compute_supervoxels(small_sam, image, n_segments=20).array
+    assert max(batches) == sv.SLICE_BATCH
+    assert unbudgeted.max() > 1
+    np.testing.assert_array_equal(budgeted, unbudgeted)
+
+
+def test_a_budget_below_one_slice_is_refused_before_sam_runs(small_sam, monkeypatch):
+    hu, _ = piecewise_volume()
+    image = Image(hu[:8, :8, :8], np.eye(4))
+    estimate = sv.estimate_memory(small_sam, image.shape, output_shape=image.shape)
+    budget = estimate.host_bytes(1) - 1
+    assert budget > estimate.clustering_bytes  # the clustering alone would fit
+    monkeypatch.setattr(sv, "slice_features", refuse_slice_features)
+    for compute in (
+        lambda: sv.compute_supervoxels(small_sam, image, memory_budget=budget),
+        lambda: sv.volume_features(small_sam, image.array, memory_budget=budget),
+    ):
+        with pytest.raises(VISTA3DError) as raised:
+            compute()
+        message = str(raised.value)
+        assert message.startswith("Supervoxels of the 8×8×8 ROI (512 voxels) in fp32 need about ")
+        assert f"but only {budget / 2**20:.0f} MB is free" in message
+        assert "one slice at a time" in message and "bf16" in message
+
+
+def test_a_budget_too_small_for_the_feature_volume_and_slic_is_refused_before_sam_runs(small_sam, monkeypatch):
+    image = Image(np.full((80, 80, 80), 40.0, dtype=np.float32), np.eye(4))
+    estimate = sv.estimate_memory(small_sam, image.shape, output_shape=image.shape)
+    sam_phase = estimate.features_bytes + estimate.sam_bytes(1)
+    budget = (sam_phase + estimate.clustering_bytes) // 2
+    assert sam_phase < budget  # SAM alone would run, one slice at a time
+    monkeypatch.setattr(sv, "slice_features", refuse_slice_features)
+    with pytest.raises(VISTA3DError) as raised:
+        sv.compute_supervoxels(small_sam, image, memory_budget=budget)
+    message = str(raised.value)
+    assert message.startswith("Supervoxels of the 80×80×80 ROI (512,000 voxels) in fp32 need about ")
+    assert "SLIC" in message and f"but only {budget / 2**20:.0f} MB is free" in message
+    assert "around the points" in message
+
+
+def test_slice_estimate_for_sam_vit_b_bounds_its_measured_peak():
+    with torch.device("meta"):  # the architecture without allocating its weights
+        vit_b = sv.sam_model_registry()["vit_b"](checkpoint=None)
+    for precision, measured_mib in MEASURED_VIT_B_SLICE_MIB.items():
+        estimate_mib = sv.sam_slice_memory(vit_b, precision, slice_side=64) / 2**20
+        assert measured_mib <= estimate_mib <= 1.5 * measured_mib, (precision, estimate_mib)
+
+
 # ------------------------------------------------------------------------------------------ snapping
 
 
@@ -229,3 +312,6 @@ def test_bench_records_supervoxel_time(tmp_path, monkeypatch, small_sam):
     assert text.startswith("# Benchmarks")  # a new file gets its header
     assert "supervoxels, fp32" in text and "12³ phantom (36 slices" in text
     assert 0 < result["features_seconds"] <= result["total_seconds"] and result["supervoxels"] > 0
+    assert result["slice_batch"] == sv.SLICE_BATCH and "| slices per SAM call" in text
+    assert 0 < result["host_memory_before_gib"] < result["estimated_peak_host_memory_gib"]
+    assert "| estimated peak host memory" in text and "| peak host memory (max RSS) |" in text

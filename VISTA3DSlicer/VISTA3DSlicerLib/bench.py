@@ -226,17 +226,27 @@ def phantom_ct(shape: Sequence[int], spacing: float = 1.0) -> Image:
 def run_supervoxel_benchmark(
     roi_size: int, sam_kind: str, sam_weights: Optional[str], device: str, precision: str, output: Path
 ) -> dict:
-    """Time supervoxels of a ``roi_size``³ region (3 x ``roi_size`` SAM slices, then SLIC); append to ``output``."""
+    """Time supervoxels of a ``roi_size``³ region (3 x ``roi_size`` SAM slices, then SLIC), with the
+    slice batch chosen from the memory free, its estimated and its measured peak; append to ``output``."""
     import torch
 
     from .model import resolve_device
-    from .supervoxels import build_sam, compute_supervoxels
+    from .supervoxels import (
+        FREE_MEMORY_SHARE, SLICE_BATCH, build_sam, choose_slice_batch, compute_supervoxels, estimate_memory,
+        usable_host_memory,
+    )
 
     torch_device = resolve_device(device)
     if sam_weights is None:
         torch.manual_seed(0)
     sam = build_sam(sam_kind, sam_weights, torch_device)
     image = phantom_ct((roi_size,) * 3)
+    estimate = estimate_memory(sam, image.shape, precision=precision, device_type=torch_device.type)
+    # The run gets the budget measured here, so that it chooses the batch recorded.
+    budget = usable_host_memory()
+    batch = choose_slice_batch(estimate, torch_device, memory_budget=budget)
+    before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the process with SAM loaded
+    estimated_gib = estimate.host_bytes(batch, sam_on_gpu=torch_device.type == "cuda") / 2**30
     phases: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -244,7 +254,9 @@ def run_supervoxel_benchmark(
         if message.startswith("Clustering"):
             phases["features"] = time.perf_counter() - started
 
-    labels = compute_supervoxels(sam, image, device=torch_device, precision=precision, progress=progress)
+    labels = compute_supervoxels(
+        sam, image, device=torch_device, precision=precision, memory_budget=budget, progress=progress
+    )
     _synchronize(torch_device)
     total = time.perf_counter() - started
     result = {
@@ -256,16 +268,33 @@ def run_supervoxel_benchmark(
         "features_seconds": phases.get("features", total),
         "total_seconds": total,
         "supervoxels": int(labels.array.max()),
+        "slice_batch": batch,
+        "memory_budget_gib": None if budget is None else budget / 2**30,
+        "estimated_slice_gib": estimate.slice_bytes / 2**30,
+        "host_memory_before_gib": before_gib,
+        "estimated_peak_host_memory_gib": before_gib + estimated_gib,
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "command": _command(),
     }
+    budget_text = (
+        "unknown free memory" if budget is None
+        else f"{result['memory_budget_gib']:.1f} GiB, {FREE_MEMORY_SHARE:.0%} of the memory free"
+    )
     _append_section(output, f"supervoxels, {precision}", result, [
         (f"SAM features of a {result['roi']}",
          f"{result['features_seconds']:.1f} s ({result['features_seconds'] / (3 * roi_size):.2f} s a slice)"),
         ("features + SLIC + air removal, end to end", f"{total:.1f} s ({result['supervoxels']} supervoxels)"),
+        (f"slices per SAM call (at most {SLICE_BATCH}; chosen for {budget_text})", str(batch)),
+        ("estimated SAM activations per slice", f"{result['estimated_slice_gib']:.2f} GiB"),
+        ("estimated peak host memory (max RSS with SAM loaded + the estimate)",
+         f"{before_gib:.2f} + {estimated_gib:.2f} = {result['estimated_peak_host_memory_gib']:.2f} GiB"),
         ("peak host memory (max RSS)", f"{result['peak_host_memory_gib']:.2f} GiB"),
     ])
-    print(f"{result['machine']}\nsupervoxels of a {result['roi']}: {total:.1f} s\nappended to {output}")
+    print(
+        f"{result['machine']}\nsupervoxels of a {result['roi']}: {total:.1f} s, {batch} slice(s) per SAM call\n"
+        f"peak host memory {result['peak_host_memory_gib']:.2f} GiB (estimated "
+        f"{result['estimated_peak_host_memory_gib']:.2f})\nappended to {output}"
+    )
     return result
 
 

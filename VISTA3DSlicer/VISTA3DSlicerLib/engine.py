@@ -33,6 +33,7 @@ import numpy as np
 from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
+from .memory import gpu_memory_available, host_memory_available
 from .preprocessing import SPACING_MM, Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 from .sliding_window import WindowGrid, stitch_in_slabs
@@ -100,39 +101,16 @@ def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: in
     return max(preprocessing, stitching, restoring)
 
 
-def _host_memory_available() -> Optional[int]:
-    """Bytes of RAM free for a new allocation, or None where this system does not say."""
-    try:
-        import psutil
-    except ImportError:
-        pass
-    else:
-        return int(psutil.virtual_memory().available)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the file counts kB
-    except OSError:
-        pass
-    return None  # Windows or macOS without psutil
-
-
 def available_memory(device: "torch.device") -> Optional[int]:
     """Bytes a segmentation on ``device`` can use, or None when unknown (then nothing is refused).
 
     On a GPU this is the larger of its free memory and the host's: the stitched logits may go
     to either, since an out-of-memory GPU falls back to the CPU. Tests replace this function.
     """
-    import torch
-
-    host = _host_memory_available()
+    host = host_memory_available()
     if device.type != "cuda":
         return host
-    free, _ = torch.cuda.mem_get_info(device)
-    # Blocks PyTorch's caching allocator holds unused are free for this run; the driver counts them as used.
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return max(host or 0, free + cached)
+    return max(host or 0, gpu_memory_available(device))
 
 
 @dataclass(frozen=True)
