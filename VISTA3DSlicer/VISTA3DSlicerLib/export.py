@@ -7,7 +7,9 @@ together with ``<stem>.csv``: a colour table with terminology in the columns of 
 (``Resources/VISTA3DColorTable.csv``), which 3D Slicer 5.10 and later loads as a colour node
 and any other tool reads as plain CSV, so the IDs in the labelmap keep their meaning.
 
-The segments are only read: their masks are never written to.
+The segments are only read: their masks are never written to. A mask may be given as a function
+that reads it, so that a caller holding many segments (Slicer's 117 of "everything" on a
+512x512x600 CT would be 18 GB of masks at once) hands over one mask at a time.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import io
 from .errors import VISTA3DError
-from .geometry import Image
+from .geometry import Image, bounding_box
 from .labels import Code, LabelInfo, label_info, label_table, next_zero_shot_id
 
 logger = logging.getLogger(__name__)
@@ -53,24 +55,22 @@ _TERMINOLOGY_TAG_FIELDS = ((1, "category"), (2, "type"), (3, "type_modifier"), (
 class ExportSegment:
     """One segment to export, as the Slicer adapter reads it from a segmentation node.
 
-    ``mask`` is a ``bool`` array ``[i, j, k]`` on the reference grid (the same for every segment);
-    ``label_id`` is the VISTA3D ID the segment was made from (its ``VISTA3D.LabelValue`` tag), or
-    ``None`` for a segment the user drew; ``color`` is RGB in 0..1; ``terminology`` is the
-    segment's ``TerminologyEntry`` tag, or ``None``.
+    ``mask`` is a ``bool`` array ``[i, j, k]`` on the reference grid (the same for every segment),
+    or a function returning it, called once when the segment is painted; ``label_id`` is the
+    VISTA3D ID the segment was made from (its ``VISTA3D.LabelValue`` tag), or ``None`` for a
+    segment the user drew; ``color`` is RGB in 0..1; ``terminology`` is the segment's
+    ``TerminologyEntry`` tag, or ``None``.
     """
 
     name: str
-    mask: np.ndarray
+    mask: Union[np.ndarray, Callable[[], np.ndarray]]
     label_id: Optional[int]
     color: tuple[float, float, float]
     terminology: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mask, np.ndarray) or self.mask.dtype != bool or self.mask.ndim != 3:
-            raise VISTA3DError(
-                f"Segment '{self.name}': its mask must be a 3D boolean array, got "
-                f"{getattr(self.mask, 'dtype', type(self.mask).__name__)} of shape {np.shape(self.mask)}."
-            )
+        if not callable(self.mask):
+            self._checked(self.mask)
         if len(self.color) != 3 or not all(math.isfinite(c) and 0.0 <= c <= 1.0 for c in self.color):
             raise VISTA3DError(f"Segment '{self.name}': its colour {self.color} is not three numbers from 0 to 1.")
         if self.label_id is not None:
@@ -78,6 +78,18 @@ class ExportSegment:
                 label_info(self.label_id)
             except VISTA3DError as error:
                 raise VISTA3DError(f"Segment '{self.name}' carries a bad VISTA3D label: {error}") from None
+
+    def read_mask(self) -> np.ndarray:
+        """The mask (read now, if it was given as a function)."""
+        return self._checked(self.mask() if callable(self.mask) else self.mask)
+
+    def _checked(self, mask) -> np.ndarray:
+        if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.ndim != 3:
+            raise VISTA3DError(
+                f"Segment '{self.name}': its mask must be a 3D boolean array, got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {np.shape(mask)}."
+            )
+        return mask
 
 
 @dataclass(frozen=True)
@@ -126,24 +138,33 @@ def build_labelmap(segments: Sequence[ExportSegment], ids: Sequence[int]) -> tup
 
     A labelmap holds one label per voxel, so where segments overlap the later one in the list
     wins, as in Slicer's own labelmap export; the number of voxels in more than one segment is
-    returned so that the caller can warn about what was lost.
+    returned so that the caller can warn about what was lost. The masks are read one at a time
+    and each is painted within the box that holds it, so memory holds the labelmap, the overlap
+    count's mask and one segment, whatever the number of segments.
     """
     if len(segments) != len(ids):
         raise ValueError(f"{len(segments)} segments but {len(ids)} IDs")
     if not segments:
         raise _nothing_to_export()
-    shape = segments[0].mask.shape
-    for segment in segments:
-        if segment.mask.shape != shape:
-            raise VISTA3DError(
-                f"Segment '{segment.name}' is on a grid of {segment.mask.shape} voxels, '{segments[0].name}' on "
-                f"{shape}: all segments must be given on the same reference grid."
-            )
-    labelmap = np.zeros(shape, dtype=np.uint8)
-    overlapped = np.zeros(shape, dtype=bool)
+    labelmap: Optional[np.ndarray] = None
+    overlapped: Optional[np.ndarray] = None
+    first = segments[0].name
     for segment, label_id in zip(segments, ids):
-        overlapped |= segment.mask & (labelmap > 0)  # IDs are never 0, so > 0 means an earlier segment is there
-        labelmap[segment.mask] = label_id
+        mask = segment.read_mask()
+        if labelmap is None:
+            labelmap = np.zeros(mask.shape, dtype=np.uint8)
+            overlapped = np.zeros(mask.shape, dtype=bool)
+        elif mask.shape != labelmap.shape:
+            raise VISTA3DError(
+                f"Segment '{segment.name}' is on a grid of {mask.shape} voxels, '{first}' on "
+                f"{labelmap.shape}: all segments must be given on the same reference grid."
+            )
+        box = bounding_box(mask)
+        if box is None:
+            continue
+        inside, painted = mask[box], labelmap[box]
+        overlapped[box] |= inside & (painted > 0)  # IDs are never 0, so > 0 means an earlier segment is there
+        painted[inside] = label_id
     return labelmap, int(np.count_nonzero(overlapped))
 
 

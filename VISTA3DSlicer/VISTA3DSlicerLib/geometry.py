@@ -12,6 +12,7 @@ that read those transpose once, at the boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -80,3 +81,14 @@ class Image:
         """RAS millimetres of continuous voxel indices ``(i, j, k)`` (``[..., 3]``)."""
         index = np.asarray(index, dtype=np.float64)
         return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def bounding_box(mask: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """The smallest box of a 3D array holding every non-zero voxel, or None when there is none."""
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hits):
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]

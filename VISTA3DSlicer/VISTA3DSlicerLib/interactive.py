@@ -44,7 +44,7 @@ import numpy as np
 from . import labels as label_table
 from .errors import VISTA3DError
 from .feature_cache import FeatureCache, default_budget
-from .geometry import Image
+from .geometry import Image, bounding_box
 from .preprocessing import preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
@@ -103,15 +103,7 @@ class _Step:
 
 def changed_box(before: np.ndarray, after: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
     """Smallest box of voxels where two masks differ (None when they are equal)."""
-    difference = before != after
-    if not difference.any():
-        return None
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(difference.any(axis=others))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
+    return bounding_box(before != after)
 
 
 def window_start(point: float, size: int) -> int:

@@ -28,9 +28,9 @@ from .errors import VISTA3DError
 from .geometry import Image
 
 __all__ = [
-    "LABEL_VALUE_TAG", "image_from_volume_node", "labelmap_to_segmentation", "consecutive_labels", "segment_label",
-    "segment_mask", "segment_voxels", "write_segment_region", "add_segment", "points_from_markups", "set_markups_points",
-    "export_segments", "load_terminology_contexts",
+    "LABEL_VALUE_TAG", "image_from_volume_node", "ijk_to_ras", "labelmap_to_segmentation", "consecutive_labels",
+    "segment_label", "segment_mask", "segment_voxels", "write_segment_region", "add_segment", "points_from_markups",
+    "set_markups_points", "export_segments", "load_terminology_contexts",
 ]
 
 #: Segment tag holding the VISTA3D label ID a segment was made from. A new result replaces
@@ -49,7 +49,6 @@ def image_from_volume_node(volume_node) -> Image:
     4D) or tensor volumes.
     """
     import slicer
-    import vtk
 
     if volume_node is None:
         raise VISTA3DError("No input volume is selected. Load a CT volume and select it as the input.")
@@ -69,7 +68,7 @@ def image_from_volume_node(volume_node) -> Image:
 
     # A copy: arrayFromVolume is a view of VTK-owned memory that changes when the node does.
     array_ijk = np.array(slicer.util.arrayFromVolume(volume_node).transpose(2, 1, 0))
-    return Image(array_ijk, _ijk_to_ras(volume_node))
+    return Image(array_ijk, ijk_to_ras(volume_node))
 
 
 def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volume_node) -> list[str]:
@@ -263,7 +262,7 @@ def segment_voxels(segmentation_node, segment_id: str,
     grid = slicer.vtkOrientedImageData()
     grid.SetExtent(0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)
     grid.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(
-        _grid_in_segmentation_frame(_ijk_to_ras(reference_volume_node), reference_volume_node, segmentation_node)))
+        _grid_in_segmentation_frame(ijk_to_ras(reference_volume_node), reference_volume_node, segmentation_node)))
     if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(stored, grid):
         resampled = slicer.vtkOrientedImageData()
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(stored, grid, resampled)
@@ -300,7 +299,7 @@ def write_segment_region(segmentation_node, segment_id: str, mask: np.ndarray,
     import vtk
     from vtk.util import numpy_support
 
-    grid_to_segmentation = _grid_in_segmentation_frame(_ijk_to_ras(reference_volume_node), reference_volume_node,
+    grid_to_segmentation = _grid_in_segmentation_frame(ijk_to_ras(reference_volume_node), reference_volume_node,
                                                        segmentation_node)
     image = slicer.vtkOrientedImageData()
     image.SetExtent(region[0].start, region[0].stop - 1, region[1].start, region[1].stop - 1,
@@ -320,7 +319,8 @@ def write_segment_region(segmentation_node, segment_id: str, mask: np.ndarray,
         segmentation_node.EndModify(was_modifying)
 
 
-def _ijk_to_ras(volume_node) -> np.ndarray:
+def ijk_to_ras(volume_node) -> np.ndarray:
+    """A volume node's ``IJKToRAS`` matrix (the ``Image`` affine of its voxels), without reading the voxels."""
     import slicer
     import vtk
 
@@ -335,7 +335,7 @@ def add_segment(segmentation_node, name: str, label: int, reference_volume_node)
 
     info = labels.label_info(label)
     segmentation = segmentation_node.GetSegmentation()
-    _grid_in_segmentation_frame(_ijk_to_ras(reference_volume_node), reference_volume_node, segmentation_node)
+    _grid_in_segmentation_frame(ijk_to_ras(reference_volume_node), reference_volume_node, segmentation_node)
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     segment_id = segmentation.AddEmptySegment("", name, [channel / 255.0 for channel in info.color])
     segment = segmentation.GetSegment(segment_id)
@@ -385,8 +385,11 @@ def set_markups_points(markups_node, points: list[tuple[float, float, float]], v
 
 
 def export_segments(segmentation_node, reference_volume_node) -> list:
-    """Every segment of a segmentation as ``export.ExportSegment`` (mask on the reference grid,
-    VISTA3D label from the tag, name, colour, terminology), in the segmentation's order."""
+    """Every segment of a segmentation as ``export.ExportSegment`` (VISTA3D label from the tag, name,
+    colour, terminology; the mask on the reference grid read when the export paints the segment,
+    so one mask is in memory at a time), in the segmentation's order."""
+    import functools
+
     import vtk
 
     from .export import ExportSegment
@@ -400,7 +403,7 @@ def export_segments(segmentation_node, reference_volume_node) -> list:
         has_terminology = segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
         segments.append(ExportSegment(
             name=segment.GetName(),
-            mask=segment_mask(segmentation_node, segment_id, reference_volume_node),
+            mask=functools.partial(segment_mask, segmentation_node, segment_id, reference_volume_node),
             label_id=segment_label(segmentation_node, segment_id),
             color=tuple(segment.GetColor()),
             terminology=terminology.get() if has_terminology and terminology.get() else None,
