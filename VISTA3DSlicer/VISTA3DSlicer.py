@@ -5,7 +5,9 @@ export, the batch queue, the worker thread) and is tested without Slicer; this f
 the .ui widgets and to MRML nodes. Slicer imports every module at start-up, before VISTA3D's
 Python packages may be installed, so this file imports at module level only Slicer, the
 standard library and the ``VISTA3DSlicerLib`` modules that need no third-party package;
-everything needing torch or monai runs on the worker thread, after ``installMissingDependencies``.
+everything needing torch or monai runs on the worker thread, once the panel has installed them.
+The Logic asks the user nothing; the Widget asks (install packages, download weights, replace
+earlier results) and passes the answers to the Logic.
 
 Threads: all torch work runs on the logic's one ``Worker`` thread (PyTorch's cuDNN caches are
 per thread); MRML and Qt are touched on the main thread only, in the worker's callbacks, which a
@@ -39,7 +41,9 @@ from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
 from VISTA3DSlicerLib.io import ct_warning
-from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, ClickEditor, PointPrompt, segments_replaced, weights_status
+from VISTA3DSlicerLib.panel import (
+    WEIGHTS_MODELS, ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, segments_replaced, weights_status,
+)
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
 
@@ -447,16 +451,31 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         parameters = self._parameterNode
+        weights = self._chosenWeights("vista3d")
         with reportingErrors(_("Could not start VISTA3D."), waitCursor=False):
-            self.logic.installMissingDependencies(parameters.runtime)
+            self._installDependencies(parameters.runtime)
             self._runningJob = self.logic.segment(
                 parameters.inputVolume, self._selection.ids, parameters.outputSegmentation,
                 device=parameters.device, precision=parameters.precision, runtime=parameters.runtime,
-                weights=self._chosenWeights("vista3d"),
+                weights=weights, replaceExisting=self._replaceExisting(parameters.outputSegmentation),
+                allowDownload=self._downloadAllowed(self.logic.missingWeights(weights)),
                 waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onSegmented, onError=self._onJobFailed,
             )
         self._updateButtons()
+
+    def _replaceExisting(self, segmentationNode) -> bool:
+        """Ask before a result replaces segments VISTA3D made earlier (the user's answer, for the
+        Logic); a "no" cancels the run."""
+        existing = self.logic.segmentsToReplace(segmentationNode, self._selection.ids) if segmentationNode else []
+        if not existing:
+            return False
+        names = ", ".join(existing[:8]) + (_(" and {n} more").format(n=len(existing) - 8) if len(existing) > 8 else "")
+        if not slicer.util.confirmOkCancelDisplay(
+                _("'{segmentation}' already has {names}. Replace them with the new result?").format(
+                    segmentation=segmentationNode.GetName(), names=names)):
+            raise Cancelled()
+        return True
 
     def _onSegmented(self, segmentationNode) -> None:
         self._finishJob()
@@ -487,8 +506,8 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDownloadWeights(self) -> None:
         model = self._weightsModel()
         with reportingErrors(_("Could not download the weights."), waitCursor=False):
-            self.logic.installMissingDependencies()
-            if not self.logic.askToDownload(model.source):
+            self._installDependencies()
+            if not self._askToDownload(model.source):
                 return
             self._runningJob = self.logic.downloadWeights(
                 model.source, waitForCompletion=False, progress=self._showProgress,
@@ -496,6 +515,40 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      setattr(self.ui.statusLabel, "text", _("Downloaded {path}").format(path=path))),
                 onError=self._onJobFailed)
         self._updateButtons()
+
+    @staticmethod
+    def _askToDownload(source) -> bool:
+        """Whether the user agrees to download ``source``: its size, host, folder and licence are shown."""
+        from VISTA3DSlicerLib.weights import cache_dir
+
+        size = f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB")
+        return slicer.util.confirmOkCancelDisplay(
+            _("The {title} are not on this computer yet. Download them ({size}) from {host} into {folder}?\n\n{licence}")
+            .format(title=source.title, size=size, host=source.host, folder=cache_dir(), licence=source.licence_note))
+
+    def _downloadAllowed(self, missing) -> bool:
+        """``allowDownload`` for a run that needs ``missing`` (a weights source, or None when the
+        checkpoint is here): the user is asked, and a "no" stops the run with what to do instead."""
+        if missing is None:
+            return False
+        if not self._askToDownload(missing):
+            raise VISTA3DError(_("VISTA3D cannot run without the {title}. Download them, or choose a checkpoint "
+                                 "file you already have (Model > Use a file...).").format(title=missing.title))
+        return True
+
+    def _installDependencies(self, runtime: str = "torch") -> None:
+        """Install the packages VISTA3D needs that are missing, after asking; a "no" stops with a message."""
+        missing = self.logic.missingDependencies(runtime)
+        if not missing:
+            return
+        packages = ", ".join(missing)
+        if not slicer.util.confirmOkCancelDisplay(
+            _("VISTA3D needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+              "Download and install them now? This can take a few minutes.").format(packages=packages)
+        ):
+            raise VISTA3DError(_("VISTA3D cannot run without these Python packages: {packages}.").format(packages=packages))
+        with slicer.util.WaitCursor():
+            self.logic.installDependencies(runtime)
 
     def onBrowseWeights(self) -> None:
         model = self._weightsModel()
@@ -563,12 +616,14 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.snapFraction = parameters.snapFraction
         try:  # a slot: what fails here must reach the panel, not only the console
-            self.logic.installMissingDependencies(parameters.runtime)
+            self._installDependencies(parameters.runtime)
+            weights = self._chosenWeights("vista3d")
             self.logic.updateSegmentFromPoints(
                 parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
                 self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
-                runtime=parameters.runtime,
-                weights=self._chosenWeights("vista3d"), waitForCompletion=False, progress=self._showProgress,
+                runtime=parameters.runtime, weights=weights,
+                allowDownload=self._downloadAllowed(self.logic.missingWeights(weights)),
+                waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onPointsApplied, onError=self._onPointsRefused)
         except Exception as error:
             self._onPointsRefused(error)
@@ -659,10 +714,12 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onComputeSupervoxels(self) -> None:
         parameters = self._parameterNode
         with reportingErrors(_("Could not compute supervoxels."), waitCursor=False):
-            self.logic.installMissingDependencies()
+            self._installDependencies()
+            samWeights = self._chosenWeights("vit_b")
             self._runningJob = self.logic.computeSupervoxels(
                 parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self._targetSegmentId(),
-                device=parameters.device, precision=parameters.precision, samWeights=self._chosenWeights("vit_b"),
+                device=parameters.device, precision=parameters.precision, samWeights=samWeights,
+                allowDownload=self._downloadAllowed(self.logic.missingWeights(samWeights, "vit_b")),
                 waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onSupervoxels, onError=self._onJobFailed)
         self._updateButtons()
@@ -712,14 +769,16 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise VISTA3DError(_("Tick the volumes to segment first."))
             if not self._selection.ids:
                 raise VISTA3DError(_("Tick the structures to segment (or Everything) first."))
-            self.logic.installMissingDependencies(parameters.runtime)
+            self._installDependencies(parameters.runtime)
+            weights = self._chosenWeights("vista3d")
+            allowDownload = self._downloadAllowed(self.logic.missingWeights(weights))
             self._batchCancel = CancelToken()
             self._updateButtons()
             try:
                 report = self.logic.segmentVolumes(
                     volumeNodes, self._selection.ids, device=parameters.device, precision=parameters.precision,
-                    runtime=parameters.runtime,
-                    weights=self._chosenWeights("vista3d"), progress=self._showProgress, cancel=self._batchCancel)
+                    runtime=parameters.runtime, weights=weights, allowDownload=allowDownload,
+                    progress=self._showProgress, cancel=self._batchCancel)
             finally:
                 self._batchCancel = None
                 self._finishJob()
@@ -739,7 +798,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise VISTA3DError(_("Choose the file to export to."))
             if not path.lower().endswith(EXPORT_FORMATS):
                 path += parameters.exportFormat
-            self.logic.installMissingDependencies()
+            self._installDependencies()
             overwrite = False
             from VISTA3DSlicerLib.export import colour_table_path_for
 
@@ -774,24 +833,30 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
-    """VISTA3D without the panel, usable from Slicer's Python console::
+    """VISTA3D without the panel, usable from Slicer's Python console and from scripts::
 
-        logic = slicer.util.getModuleLogic("VISTA3DSlicer")  # or VISTA3DSlicerLogic()
-        segmentationNode = logic.segment(volumeNode, ["liver", "spleen"])
+        logic = VISTA3DSlicerLogic()
+        segmentationNode = logic.segment(volumeNode, ["liver", "spleen"], allowDownload=True)
 
     Every long method takes ``waitForCompletion`` (default True: returns the result, keeping
-    Slicer responsive while it waits) or, with False, returns a ``Job`` and calls ``onDone`` /
-    ``onError`` on the main thread. Call the logic from the main thread (the console and the
-    panel do): it may ask the user questions and install packages.
+    Slicer responsive while it waits) or, with False, returns a ``Job`` at once and calls
+    ``onDone`` / ``onError`` on the main thread; a download it is allowed to make is part of that
+    job. The Logic never asks the user anything: what the panel asks (replace earlier results,
+    download weights, install packages) comes in as arguments, and without them it refuses with
+    a ``VISTA3DError`` saying what to pass. Call it from the main thread.
+
+    It owns the network it keeps loaded and the click session of the volume being corrected.
     """
 
-    # Shared by every logic instance (panel, console, test): one GPU thread, one network, one
-    # interactive session (the network takes ~1 GB and seconds to load; a session holds the
-    # volume's encoder features).
+    # One GPU thread for every logic instance (PyTorch's cuDNN caches are per thread).
     _worker: Optional[Worker] = None
-    _engineCache: dict = {}
-    _session: dict = {}  # "key" (volume ID, image MTime), "editor", "supervoxelNode"
-    snapFraction = 0.0
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.snapFraction = 0.0
+        self._engines = EngineCache()  # used on the worker thread
+        self._clickSession: Optional[ClickSession] = None  # read and replaced on the main thread only
+        self._supervoxelNode = None
 
     def getParameterNode(self) -> VISTA3DSlicerParameterNode:
         return VISTA3DSlicerParameterNode(super().getParameterNode())
@@ -831,6 +896,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         job = self.worker().submit(function, name=name, key=key, on_progress=progress, on_done=done, on_error=onError)
         if not waitForCompletion:
             return job
+
         def pump() -> None:
             if cancel is not None and cancel.cancelled:
                 job.cancel()
@@ -853,7 +919,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         precision: str = "fp32",
         runtime: str = "torch",
         weights: Union[str, Path, None] = None,
-        replaceExisting: Optional[bool] = None,
+        replaceExisting: bool = False,
+        allowDownload: bool = False,
         waitForCompletion: bool = True,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
@@ -864,23 +931,28 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
         ``labelPrompt``: a prompt string ("liver, spleen, 1, 3" or "everything"), a list of names
         and VISTA3D IDs, or None for everything. Segments of the same classes already in
-        ``segmentationNode`` are replaced only if ``replaceExisting`` is True; None asks the user
-        first, False refuses. ``weights``: a checkpoint file; None uses $VISTA3D_WEIGHTS or the
-        download cache (and offers the download). ``runtime``: one of ``model.RUNTIMES``. Returns the
-        segmentation node (or, without ``waitForCompletion``, the Job; ``onDone(segmentationNode)``
-        follows on the main thread).
+        ``segmentationNode`` (``segmentsToReplace``) are replaced only with ``replaceExisting``;
+        otherwise nothing changes and a ``VISTA3DError`` says so. ``weights``: a checkpoint file;
+        None uses $VISTA3D_WEIGHTS or the download cache, and downloads them only with
+        ``allowDownload``. ``runtime``: one of ``model.RUNTIMES``. Returns the segmentation node
+        (or, without ``waitForCompletion``, the Job; ``onDone(segmentationNode)`` follows on the
+        main thread).
         """
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
-        self.installMissingDependencies(runtime)
+        self._requireDependencies(runtime)
         labelIds = self._labelIds(labelPrompt)
         labels.validate_automatic_prompt(labelIds)
-        self._confirmReplacing(segmentationNode, labelIds, replaceExisting)
+        replaced = self.segmentsToReplace(segmentationNode, labelIds) if segmentationNode is not None else []
+        if replaced and not replaceExisting:
+            names = ", ".join(replaced[:8]) + (_(" and {n} more").format(n=len(replaced) - 8) if len(replaced) > 8 else "")
+            raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
+                                 "segmentation, or agree to replace them (replaceExisting=True).").format(names=names))
         image = slicer_adapter.image_from_volume_node(volumeNode)
-        weightsPath = self._weightsPath(weights, progress)
+        settingsOf = self._engineSettings(weights, device, precision, runtime, allowDownload)[1]
 
         def work(report, cancel):
-            engine = self._engine(weightsPath, device, precision, runtime)
+            engine = self._engines.get(settingsOf(report, cancel))
             return engine.segment(image, labelIds, progress=report, cancel=cancel)
 
         def apply(labelmap):
@@ -893,10 +965,23 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         return self._run(work, name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
                          progress=progress, onDone=onDone, onError=onError, apply=apply, cancel=cancel)
 
+    def segmentsToReplace(self, segmentationNode: vtkMRMLSegmentationNode,
+                          labelPrompt: Union[list[Union[str, int]], str, None]) -> list[str]:
+        """Names of the segments of ``segmentationNode`` that a result for ``labelPrompt`` replaces
+        (those VISTA3D made for one of its classes; never segments the user drew)."""
+        segmentation = segmentationNode.GetSegmentation()
+        return segments_replaced(
+            [(segmentation.GetNthSegment(i).GetName(),
+              slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)))
+             for i in range(segmentation.GetNumberOfSegments())],
+            self._labelIds(labelPrompt),
+        )
+
     def segmentVolumes(self, volumeNodes: list, labelPrompt, *, progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None, **options):
         """Segment each volume into its own new segmentation; a failing volume is reported and
-        skipped, cancel stops after the current window. Returns a ``batch.BatchReport``."""
+        skipped, cancel stops after the current window. ``options`` are ``segment``'s. Returns a
+        ``batch.BatchReport``."""
         from VISTA3DSlicerLib.batch import run_batch
 
         def process(volumeNode, report, token):
@@ -912,27 +997,6 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         # Under the volume's transform, so the segments move with the volume.
         segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         return segmentationNode
-
-    @staticmethod
-    def _confirmReplacing(segmentationNode, labelIds: list[int], replaceExisting: Optional[bool]) -> None:
-        if segmentationNode is None:
-            return
-        segmentation = segmentationNode.GetSegmentation()
-        existing = segments_replaced(
-            [(segmentation.GetNthSegment(i).GetName(),
-              slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)))
-             for i in range(segmentation.GetNumberOfSegments())],
-            labelIds,
-        )
-        if not existing or replaceExisting:
-            return
-        names = ", ".join(existing[:8]) + (_(" and {n} more").format(n=len(existing) - 8) if len(existing) > 8 else "")
-        if replaceExisting is None and slicer.util.confirmOkCancelDisplay(
-                _("'{segmentation}' already has {names}. Replace them with the new result?").format(
-                    segmentation=segmentationNode.GetName(), names=names)):
-            return
-        raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
-                             "segmentation, or agree to replace them.").format(names=names))
 
     # -- points -------------------------------------------------------------------------------
 
@@ -950,103 +1014,129 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             node.SetMarkupLabelFormat("+" if positive else "-")
         return node
 
-    def _editor(self, volumeNode, device: str, precision: str, runtime: str, weights) -> Callable[[], ClickEditor]:
-        """A function (for the worker) giving the click editor of ``volumeNode``, made when the
-        volume or its voxels changed (the image is read here, on the main thread)."""
-        imageData = volumeNode.GetImageData()
-        key = (volumeNode.GetID(), imageData.GetMTime() if imageData else 0)
-        session = VISTA3DSlicerLogic._session
-        if session.get("key") == key:
-            return lambda: session["editor"]
-        image = slicer_adapter.image_from_volume_node(volumeNode)
-        weightsPath = self._weightsPath(weights, None)
-
-        def make() -> ClickEditor:
-            from VISTA3DSlicerLib.interactive import Session
-
-            session.clear()
-            # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
-            session["editor"] = ClickEditor(Session(self._engine(weightsPath, device, precision, runtime), image))
-            session["key"] = key
-            return session["editor"]
-
-        return make
-
     def updateSegmentFromPoints(self, volumeNode, segmentationNode, segmentId: str, positiveNode, negativeNode, *,
                                 device: str = "auto", precision: str = "fp32", runtime: str = "torch", weights=None,
-                                waitForCompletion: bool = True, progress=None, onDone=None, onError=None):
+                                allowDownload: bool = False, waitForCompletion: bool = True, progress=None,
+                                onDone=None, onError=None):
         """Recompute a segment from the points of the two lists (all of them: added, moved or
         removed ones are all handled) and rewrite only the part of it that changed. A point outside
-        the volume is refused (``onError``) and nothing changes. Returns whether the segment changed."""
+        the volume is refused (``onError``) and nothing changes. Returns whether the segment changed.
+
+        The click session (the volume's encoder features and every segment's point history) is
+        kept for the volume and the engine settings; clicks with other settings, or on a changed
+        volume, start a new one and let the old one and its network go.
+        """
+        self._requireDependencies(runtime)
         points = ([PointPrompt(p, True) for p in slicer_adapter.points_from_markups(positiveNode, volumeNode)]
                   + [PointPrompt(p, False) for p in slicer_adapter.points_from_markups(negativeNode, volumeNode)])
         label = slicer_adapter.segment_label(segmentationNode, segmentId)
         current = slicer_adapter.segment_mask(segmentationNode, segmentId, volumeNode)
-        editorOf = self._editor(volumeNode, device, precision, runtime, weights)
+        sessionOf = self._clickSessionFor(volumeNode, *self._engineSettings(weights, device, precision, runtime,
+                                                                            allowDownload))
         fraction = self.snapFraction
 
         def work(report, cancel):
-            editor = editorOf()
-            editor.snap_fraction = fraction
-            return editor.set_points(segmentId, label, points, current, progress=report, cancel=cancel)
+            session = sessionOf(report, cancel)
+            session.editor.snap_fraction = fraction
+            try:
+                return session, session.editor.set_points(segmentId, label, points, current, progress=report,
+                                                          cancel=cancel)
+            except VISTA3DError as error:  # a refused point: the session (its features) is still worth keeping
+                return session, error
 
         return self._run(work, name="Points", key="points", waitForCompletion=waitForCompletion, progress=progress,
                          onDone=onDone, onError=onError,
-                         apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+                         apply=lambda result: self._applyEdit(result, segmentationNode, segmentId, volumeNode))
 
     def stepHistory(self, which: str, volumeNode, segmentationNode, segmentId: str, *, waitForCompletion=True,
                     onDone=None, onError=None):
         """Undo (``which="undo"``) or redo the last change of a segment's points."""
-        editor = VISTA3DSlicerLogic._session.get("editor")
-        if editor is None:
+        session = self._clickSession
+        if session is None:
             raise VISTA3DError(_("There are no points to undo or redo."))
 
         def work(report, cancel):
-            return editor.undo(segmentId) if which == "undo" else editor.redo(segmentId)
+            return session, (session.editor.undo(segmentId) if which == "undo" else session.editor.redo(segmentId))
 
         return self._run(work, name=which, waitForCompletion=waitForCompletion, onDone=onDone, onError=onError,
-                         apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+                         apply=lambda result: self._applyEdit(result, segmentationNode, segmentId, volumeNode))
 
     def reshow(self, segmentationNode, segmentId: str, volumeNode, *, waitForCompletion=True, onDone=None, onError=None):
         """Rewrite a segment after the snap fraction or the supervoxels changed."""
-        editor = VISTA3DSlicerLogic._session.get("editor")
+        session = self._clickSession
+        if session is None:
+            raise VISTA3DError(_("This segment has no points yet: place a point on it first."))
         fraction = self.snapFraction
 
         def work(report, cancel):
-            editor.snap_fraction = fraction
-            return editor.reshow(segmentId)
+            session.editor.snap_fraction = fraction
+            return session, session.editor.reshow(segmentId)
 
         return self._run(work, name="Snap", key="points", waitForCompletion=waitForCompletion, onDone=onDone,
-                         onError=onError, apply=lambda edit: self._writeEdit(edit, segmentationNode, segmentId, volumeNode))
+                         onError=onError,
+                         apply=lambda result: self._applyEdit(result, segmentationNode, segmentId, volumeNode))
 
-    @staticmethod
-    def _writeEdit(edit, segmentationNode, segmentId: str, volumeNode) -> bool:
+    def _clickSessionFor(self, volumeNode, settings: Optional[EngineSettings],
+                         settingsOf) -> Callable[[ProgressCallback, CancelToken], ClickSession]:
+        """A function (for the worker) giving the click session of ``volumeNode`` for the engine
+        settings (see ``_engineSettings``): the current one if it matches, else a new one. A session
+        that does not match is dropped here, on the main thread, before the worker loads another
+        network, so that its network can be freed first."""
+        imageData = volumeNode.GetImageData()
+        volume = (volumeNode.GetID(), imageData.GetMTime() if imageData else 0)
+        session = self._clickSession
+        if session is not None and (session.volume, session.settings) == (volume, settings):
+            return lambda report, cancel: session
+        self._clickSession = None
+        image = slicer_adapter.image_from_volume_node(volumeNode)  # read here: MRML is for the main thread
+
+        def make(report, cancel) -> ClickSession:
+            from VISTA3DSlicerLib.interactive import Session
+
+            settings = settingsOf(report, cancel)
+            # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
+            return ClickSession(volume, settings, ClickEditor(Session(self._engines.get(settings), image)))
+
+        return make
+
+    def _applyEdit(self, result, segmentationNode, segmentId: str, volumeNode) -> bool:
+        """On the main thread: make the job's session the Logic's, then write its edit (or raise
+        the error it refused the points with)."""
+        session, edit = result
+        self._clickSession = session
+        if isinstance(edit, Exception):
+            raise edit
         if edit.changed is None:
             return False
         with slicer.util.RenderBlocker():
             slicer_adapter.write_segment_region(segmentationNode, segmentId, edit.mask, edit.changed, volumeNode)
         return True
 
+    def _editor(self) -> Optional[ClickEditor]:
+        return self._clickSession.editor if self._clickSession is not None else None
+
     def pointsOf(self, segmentId: str) -> list[PointPrompt]:
-        editor = VISTA3DSlicerLogic._session.get("editor")
+        editor = self._editor()
         return editor.points(segmentId) if editor is not None and segmentId else []
 
     def canUndo(self, segmentId: str) -> bool:
-        editor = VISTA3DSlicerLogic._session.get("editor")
+        editor = self._editor()
         return bool(editor is not None and segmentId and editor.can_undo(segmentId))
 
     def canRedo(self, segmentId: str) -> bool:
-        editor = VISTA3DSlicerLogic._session.get("editor")
+        editor = self._editor()
         return bool(editor is not None and segmentId and editor.can_redo(segmentId))
 
     def forgetEdits(self) -> None:
         """Segments were rewritten by a run: point histories no longer describe them."""
-        editor = VISTA3DSlicerLogic._session.get("editor")
+        editor = self._editor()
         if editor is not None:
             editor.forget_all()
 
     def forgetVolume(self) -> None:
-        VISTA3DSlicerLogic._session.clear()
+        """The scene closed: drop the click session (the network stays loaded)."""
+        self._clickSession = None
+        self._supervoxelNode = None
 
     # -- zero-shot ----------------------------------------------------------------------------
 
@@ -1060,42 +1150,40 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                                           label, volumeNode)
 
     def computeSupervoxels(self, volumeNode, segmentId: Optional[str], *, device="auto", precision="fp32",
-                           samWeights=None, samKind: str = "vit_b", waitForCompletion=True, progress=None,
-                           onDone=None, onError=None):
+                           samWeights=None, samKind: str = "vit_b", allowDownload: bool = False,
+                           waitForCompletion=True, progress=None, onDone=None, onError=None):
         """SAM supervoxels of the whole volume (``segmentId`` None) or around that segment's points;
-        they are used to snap zero-shot segments and shown as an overlay. Returns their number."""
+        they are used to snap zero-shot segments and shown as an overlay. SAM's checkpoint is
+        downloaded only with ``allowDownload``. Returns their number."""
         from VISTA3DSlicerLib import weights
-        from VISTA3DSlicerLib.supervoxels import build_sam, compute_supervoxels
 
-        editor = VISTA3DSlicerLogic._session.get("editor")
-        if editor is None:
+        self._requireDependencies()
+        session = self._clickSession
+        if session is None:
             raise VISTA3DError(_("Place a point on the structure first; supervoxels are computed for its volume."))
+        editor = session.editor
         box = editor.snap_box(segmentId, SUPERVOXEL_MARGIN) if segmentId else None
-        try:
-            samPath = weights.resolve_sam_weights(samWeights, samKind)
-        except weights.WeightsNotFoundError:
-            source = weights.SAM_SOURCES[samKind]
-            if not self.askToDownload(source):
-                raise
-            samPath = self.downloadWeights(source, progress=progress)
+        samPathOf = self._checkpoint(lambda: weights.resolve_sam_weights(samWeights, samKind),
+                                     weights.SAM_SOURCES[samKind], allowDownload)[1]
 
         def work(report, cancel):
             from VISTA3DSlicerLib.model import resolve_device
+            from VISTA3DSlicerLib.supervoxels import build_sam, compute_supervoxels
 
             torchDevice = resolve_device(device)
-            sam = build_sam(samKind, str(samPath), torchDevice)
+            sam = build_sam(samKind, str(samPathOf(report, cancel)), torchDevice)
             supervoxels = compute_supervoxels(sam, editor.session.image, box, device=torchDevice,
                                               precision=precision, progress=report, cancel=cancel)
             editor.set_supervoxels(supervoxels)
             return supervoxels
 
         def apply(supervoxels) -> int:
-            node = VISTA3DSlicerLogic._session.get("supervoxelNode")
+            node = self._supervoxelNode
             if node is None or node.GetScene() is None:
                 node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "VISTA3D supervoxels")
                 node.CreateDefaultDisplayNodes()
                 node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeRandom")
-                VISTA3DSlicerLogic._session["supervoxelNode"] = node
+                self._supervoxelNode = node
             slicer.util.updateVolumeFromArray(node, supervoxels.array.transpose(2, 1, 0).astype("uint16"))
             node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(supervoxels.affine))
             node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
@@ -1106,7 +1194,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def showSupervoxelBoundaries(self, show: bool) -> None:
         """Outline the supervoxels in the slice views (or take the outline away)."""
-        node = VISTA3DSlicerLogic._session.get("supervoxelNode")
+        node = self._supervoxelNode
         if node is None:
             return
         for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
@@ -1121,85 +1209,113 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def export(self, segmentationNode, referenceVolumeNode, path: Union[str, Path], overwrite: bool = False):
         """Write a segmentation as a labelmap with VISTA3D IDs (.nii.gz, .nrrd or .seg.nrrd) and a
-        CSV colour table with terminology beside it. The segmentation itself is not changed."""
+        CSV colour table with terminology beside it, painting one segment at a time. The
+        segmentation itself is not changed."""
         from VISTA3DSlicerLib.export import export_segmentation
 
         if referenceVolumeNode is None:
             raise VISTA3DError(_("Select the volume the segmentation belongs to (its grid is the labelmap's)."))
+        self._requireDependencies()
         segments = slicer_adapter.export_segments(segmentationNode, referenceVolumeNode)
-        affine = slicer_adapter.image_from_volume_node(referenceVolumeNode).affine
-        return export_segmentation(segments, affine, path, overwrite=overwrite)
+        return export_segmentation(segments, slicer_adapter.ijk_to_ras(referenceVolumeNode), path,
+                                   overwrite=overwrite)
 
     # -- weights and engine -------------------------------------------------------------------
 
-    @staticmethod
-    def askToDownload(source) -> bool:
-        size = f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB")
-        from VISTA3DSlicerLib.weights import cache_dir
+    def missingWeights(self, weights: Union[str, Path, None] = None, samKind: Optional[str] = None):
+        """The ``weights.WeightsSource`` that ``allowDownload`` would download (VISTA3D's, or SAM
+        ``samKind``'s), or None when the checkpoint is here (or a file was named)."""
+        from VISTA3DSlicerLib import weights as weightsLib
 
-        return slicer.util.confirmOkCancelDisplay(
-            _("The {title} are not on this computer yet. Download them ({size}) from {host} into {folder}?\n\n{licence}")
-            .format(title=source.title, size=size, host=source.host, folder=cache_dir(), licence=source.licence_note))
+        try:
+            if samKind is None:
+                weightsLib.resolve_weights(weights)
+            else:
+                weightsLib.resolve_sam_weights(weights, samKind)
+        except weightsLib.WeightsNotFoundError:
+            return weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE] if samKind is None else weightsLib.SAM_SOURCES[samKind]
+        return None
 
     def downloadWeights(self, source, *, waitForCompletion=True, progress=None, onDone=None, onError=None):
+        """Download ``source`` (a ``weights.WeightsSource``) into the cache on the worker; returns its path."""
         from VISTA3DSlicerLib import weights
 
+        self._requireDependencies()
         return self._run(lambda report, cancel: weights.download(source, progress=report, cancel=cancel),
                          name="Download", waitForCompletion=waitForCompletion, progress=progress, onDone=onDone,
                          onError=onError)
 
-    def _weightsPath(self, weights: Union[str, Path, None], progress: Optional[ProgressCallback]) -> Path:
-        from VISTA3DSlicerLib import weights as weightsLib
+    @staticmethod
+    def _checkpoint(resolve: Callable[[], Path], source, allowDownload: bool):
+        """Where a checkpoint is: ``(path, fetch)``, the file ``resolve`` finds now (None when there is
+        none) and a function for the worker giving the file, that one or, with ``allowDownload``,
+        ``source`` downloaded within the job. Without ``allowDownload`` a missing checkpoint is
+        refused here with what to do."""
+        from VISTA3DSlicerLib import weights
 
         try:
-            return weightsLib.resolve_weights(weights)
-        except weightsLib.WeightsNotFoundError:
-            source = weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE]
-            if not self.askToDownload(source):
-                raise VISTA3DError(_("VISTA3D cannot run without its weights. Download them, or choose a "
-                                     "checkpoint file you already have (Model > Use a file...).")) from None
-            return self.downloadWeights(source, progress=progress)
+            path = resolve()
+        except weights.WeightsNotFoundError:
+            if not allowDownload:
+                raise VISTA3DError(_(
+                    "The {title} are not on this computer. Download them (Model > Download), choose a "
+                    "checkpoint you have (Model > Use a file...), or, from Python, pass allowDownload=True "
+                    "to download them ({size}) from {host}.").format(
+                        title=source.title, host=source.host,
+                        size=f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB"))) from None
+            return None, lambda report, cancel: weights.download(source, progress=report, cancel=cancel)
+        return path, lambda report, cancel: path
 
-    @staticmethod
-    def _engine(weightsPath: Path, device: str, precision: str, runtime: str):
-        """The network for (weights, device, precision, runtime), loaded once (on the worker thread)."""
-        from VISTA3DSlicerLib.engine import Engine
+    def _engineSettings(self, weights, device: str, precision: str, runtime: str, allowDownload: bool):
+        """The ``EngineSettings`` of a job: ``(settings, settingsOf)``, the settings when VISTA3D's
+        checkpoint is here (None when it is still to be downloaded) and a function for the worker
+        giving them, downloading the checkpoint first where that is allowed. A click session made
+        with other settings is dropped now, so that its network can be freed before the next loads."""
+        from VISTA3DSlicerLib import weights as weightsLib
 
-        key = (str(weightsPath), device, precision, runtime)
-        cache = VISTA3DSlicerLogic._engineCache
-        if key not in cache:
-            cache.clear()  # free the previous network before loading the next one
-            cache[key] = Engine.from_weights(weightsPath, device=device, precision=precision, runtime=runtime)
-        return cache[key]
+        path, pathOf = self._checkpoint(lambda: weightsLib.resolve_weights(weights),
+                                        weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE], allowDownload)
+        settings = EngineSettings(path, device, precision, runtime) if path is not None else None
+        if self._clickSession is not None and self._clickSession.settings != settings:
+            self._clickSession = None
+        return settings, lambda report, cancel: settings or EngineSettings(pathOf(report, cancel), device, precision,
+                                                                           runtime)
 
     def dropEngine(self) -> None:
-        VISTA3DSlicerLogic._engineCache.clear()
-        VISTA3DSlicerLogic._session.clear()
+        """Let the network go (its weights were deleted, say), with the click session that holds it."""
+        self._clickSession = None
+        self._engines.drop()
 
     # -- dependencies -------------------------------------------------------------------------
 
-    def installMissingDependencies(self, runtime: str = "torch") -> None:
-        """Install PyTorch (through the PyTorch extension) and the packages of ``PIP_REQUIREMENTS``
-        (and OpenVINO for that runtime) that are missing, each after asking the user. Raises
-        ``VISTA3DError`` if the user says no.
-        """
+    def missingDependencies(self, runtime: str = "torch") -> list[str]:
+        """The requirements of VISTA3D (and of ``runtime``) that are not installed: torch (which
+        the PyTorch extension installs) and the packages of ``PIP_REQUIREMENTS``."""
+        requirements = {"torch": "torch" + TORCH_VERSION_REQUIREMENT} | PIP_REQUIREMENTS | (
+            OPENVINO_REQUIREMENT if runtime == "openvino" else {})
+        return [requirement for name, requirement in requirements.items() if importlib.util.find_spec(name) is None]
+
+    def installDependencies(self, runtime: str = "torch") -> None:
+        """Install what ``missingDependencies`` lists, without asking: PyTorch through the PyTorch
+        extension (the build that matches this computer's GPU driver), then the other packages
+        with pip. Call it from the main thread (pip in a thread crashes Slicer on macOS)."""
+        missing = self.missingDependencies(runtime)
         # torch first: pip would otherwise pull a generic torch build in as a dependency of monai.
-        if importlib.util.find_spec("torch") is None:
+        if any(requirement.startswith("torch") for requirement in missing):
             self._installTorch()
-        requirements = PIP_REQUIREMENTS | (OPENVINO_REQUIREMENT if runtime == "openvino" else {})
-        missing = [requirement for name, requirement in requirements.items()
-                   if importlib.util.find_spec(name) is None]
-        if not missing:
-            return
-        packages = ", ".join(missing)
-        if not slicer.util.confirmOkCancelDisplay(
-            _("VISTA3D needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
-              "Download and install them now? This can take a few minutes.").format(packages=packages)
-        ):
-            raise VISTA3DError(_("VISTA3D cannot run without these Python packages: {packages}.").format(packages=packages))
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(missing)  # on the main thread: pip in a thread crashes Slicer on macOS
+        packages = [requirement for requirement in missing if not requirement.startswith("torch")]
+        if packages:
+            slicer.util.pip_install(packages)
         importlib.invalidate_caches()
+
+    def _requireDependencies(self, runtime: str = "torch") -> None:
+        missing = self.missingDependencies(runtime)
+        if missing:
+            raise VISTA3DError(_(
+                "VISTA3D needs these Python packages, which are not installed: {packages}. Install them from "
+                "the VISTA3D panel (it offers to when you run it), or in the Python console with "
+                "VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies()."
+            ).format(packages=", ".join(missing)))
 
     @staticmethod
     def _installTorch() -> None:
@@ -1211,7 +1327,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                 "the PyTorch extension from the Extensions Manager, restart Slicer and try again."
             )) from None
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
+            askConfirmation=False, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
         if torch is None:
             raise VISTA3DError(_("PyTorch was not installed, and VISTA3D cannot run without it."))
 
@@ -1258,8 +1374,9 @@ class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
 
         liver, spleen = labels.find_label("liver"), labels.find_label("spleen")
         labelmap = np.zeros(image.shape, np.uint8)
-        labelmap[5:40, 10:30, 3:9] = liver
-        labelmap[-50:-20, -35:-25, -12:-4] = spleen
+        x, y, z = (n // 4 for n in image.shape)  # boxes in quarters of the volume, whatever its size
+        labelmap[x:2 * x, y:3 * y, z:2 * z] = liver
+        labelmap[2 * x:3 * x, y:2 * y, 2 * z:3 * z] = spleen
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         manualId = segmentationNode.GetSegmentation().AddEmptySegment("", "drawn by hand")
         segmentIds = slicer_adapter.labelmap_to_segmentation(image.with_array(labelmap), segmentationNode, volumeNode)
@@ -1269,10 +1386,11 @@ class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
                                           labelmap == label)
             self.assertEqual(slicer_adapter.segment_label(segmentationNode, segmentId), label)
 
-        # Rewriting a region touches only that region of that segment.
+        # Rewriting a region touches only that region of that segment, and leaves the rest of it.
         mask = labelmap == liver
-        mask[60:70, 60:70, 10:12] = True
-        region = (slice(60, 70), slice(60, 70), slice(10, 12))
+        mask[x:x + 4, y:y + 4, z:z + 2] = False
+        mask[3 * x:3 * x + 4, 3 * y:3 * y + 4, z:z + 2] = True
+        region = (slice(x, 3 * x + 4), slice(y, 3 * y + 4), slice(z, z + 2))
         slicer_adapter.write_segment_region(segmentationNode, segmentIds[0], mask, region, volumeNode)
         np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentIds[0], volumeNode), mask)
         np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentationNode, segmentIds[1], volumeNode),
@@ -1281,8 +1399,8 @@ class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Adapter round trip passed")
 
     def test_segment_correct_and_export(self):
-        """Auto segmentation, a + and a − point, undo and export, with a small random network: the
-        segment in Slicer must equal what the library computes for the same points."""
+        """Auto segmentation, a + and a − point, undo and export, with a tiny random network of
+        VISTA3D's design: the segment in Slicer must equal what the library computes for the same points."""
         import tempfile
 
         import numpy as np
@@ -1294,11 +1412,12 @@ class VISTA3DSlicerTest(ScriptedLoadableModuleTest):
         from VISTA3DSlicerLib.model import ModelSpec, build_network
 
         logic = VISTA3DSlicerLogic()
-        logic.installMissingDependencies()
+        if logic.missingDependencies():
+            logic.installDependencies()
         volumeNode = SampleData.downloadSample("CTChest")
         folder = Path(tempfile.mkdtemp())
         torch.manual_seed(0)
-        network = build_network(ModelSpec(embed_dim=16, blocks_down=(1, 1, 1, 1, 1))).eval()
+        network = build_network(ModelSpec(embed_dim=8, blocks_down=(1, 1, 1, 1, 1))).eval()
         checkpoint = folder / "small_model.pt"
         torch.save(network.state_dict(), checkpoint)
 

@@ -122,8 +122,13 @@ def terminology_share_dir(tmp_path_factory) -> Optional[Path]:
     return terminology_share_dir(tmp_path_factory.mktemp("terminologies"))
 
 
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sample_data")
+
+
 @pytest.fixture
-def slicer_app(terminology_share_dir):
+def slicer_app(terminology_share_dir, sample_data_dir):
     """A fresh headless Slicer (real MRML from slicer-core) installed as ``slicer.app``,
     ``slicer.mrmlScene`` and ``slicer.modules``; skipped where slicer-core cannot be installed."""
     from headless_slicer import HeadlessSlicer, installed, slicer_core_missing
@@ -132,7 +137,7 @@ def slicer_app(terminology_share_dir):
     if reason:
         pytest.skip(reason)
     application = HeadlessSlicer(terminology_share_dir)
-    with installed(application):
+    with installed(application, sample_data_dir):
         yield application
 
 

@@ -1172,52 +1172,36 @@ def test_slot_errors_reach_the_user_as_a_message_and_never_as_a_raised_traceback
     assert ("Export failed." in caplog.text) is details
 
 
-class _Segments:
-    """A segmentation node stand-in holding (name, VISTA3D ID or None) segments, which
-    ``label`` gives back in place of ``slicer_adapter.segment_label``."""
+class _Logic:
+    """The Logic's answer to which segments a run would replace, for the Widget's question."""
 
-    def __init__(self, segments):
-        self.segments = segments
+    def __init__(self, replaced: list[str]) -> None:
+        self.replaced = replaced
 
-    def label(self, segment_id: str):
-        return self.segments[int(segment_id.removeprefix("id"))][1]
-
-    def GetName(self) -> str:
-        return "Segmentation"
-
-    def GetSegmentation(self):
-        from unittest import mock
-
-        segmentation = mock.MagicMock()
-        segmentation.GetNumberOfSegments.return_value = len(self.segments)
-        segmentation.GetNthSegmentID.side_effect = lambda i: f"id{i}"
-        segmentation.GetNthSegment.side_effect = lambda i: mock.MagicMock(GetName=lambda: self.segments[i][0])
-        return segmentation
+    def segmentsToReplace(self, segmentationNode, labelPrompt) -> list[str]:
+        return self.replaced
 
 
-@pytest.mark.parametrize("replace, answer, asks, changes", [
-    (None, True, True, True),  # asked, agreed
-    (None, False, True, False),  # asked, refused: nothing changes
-    (False, None, False, False),  # never replace
-    (True, None, False, True),  # replace without asking (scripts)
-])
-def test_replacing_earlier_results_is_asked_or_refused(module, monkeypatch, replace, answer, asks, changes):
-    node = _Segments([("liver", 1), ("my liver", None), ("spleen", 3)])
-    monkeypatch.setattr(module.slicer_adapter, "segment_label", _Segments.label)
+@pytest.mark.parametrize("answer, replaces", [(True, True), (False, None)])
+def test_the_panel_asks_before_replacing_earlier_results_and_passes_the_answer_on(module, answer, replaces):
+    """The Logic never asks (it refuses unless told to replace, see test_slicer_core_module); the panel does."""
+    widget = module.VISTA3DSlicerWidget()
+    widget.logic = _Logic(["liver", "spleen"])
+    node = module.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    node.GetName.return_value = "Segmentation"
     confirm = module.slicer.util.confirmOkCancelDisplay
     confirm.return_value = answer
-    if changes:
-        module.VISTA3DSlicerLogic._confirmReplacing(node, [1, 3], replace)
+    if replaces:
+        assert widget._replaceExisting(node) is True
     else:
-        with pytest.raises(module.VISTA3DError, match=r"Nothing was changed: liver, spleen would have been replaced"):
-            module.VISTA3DSlicerLogic._confirmReplacing(node, [1, 3], replace)
-    assert confirm.called is asks
-    if asks:
-        assert "'Segmentation' already has liver, spleen" in confirm.call_args.args[0]
+        with pytest.raises(module.Cancelled):  # the user's "no": the run stops, nothing is reported
+            widget._replaceExisting(node)
+    assert "'Segmentation' already has liver, spleen" in confirm.call_args.args[0]
 
 
-def test_nothing_to_replace_asks_nothing(module, monkeypatch):
-    monkeypatch.setattr(module.slicer_adapter, "segment_label", _Segments.label)
-    module.VISTA3DSlicerLogic._confirmReplacing(_Segments([("my liver", None)]), [1], None)
-    module.VISTA3DSlicerLogic._confirmReplacing(None, [1], None)  # a new segmentation
+def test_nothing_to_replace_asks_nothing(module):
+    widget = module.VISTA3DSlicerWidget()
+    widget.logic = _Logic([])
+    assert widget._replaceExisting(object()) is False
+    assert widget._replaceExisting(None) is False  # a new segmentation
     module.slicer.util.confirmOkCancelDisplay.assert_not_called()

@@ -3,6 +3,8 @@
 - ``ClickEditor``: the + / − points of the interactive and zero-shot tools turned into edits
   of one segment, with undo, redo and clear, optional snapping to supervoxels, and the region
   to rewrite.
+- ``EngineSettings``, ``EngineCache`` and ``ClickSession``: the one network the panel keeps
+  loaded, and the click editor of one volume with the settings it was made for.
 - ``WEIGHTS_MODELS`` and ``weights_status``: the Model section's weights row.
 
 The Slicer module reads nodes into ``Image``s and masks (``slicer_adapter``), runs these on its
@@ -11,6 +13,7 @@ worker thread, and writes what they return back into MRML on the main thread.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -24,11 +27,12 @@ from .interactive import Click, Edit, Structure, changed_box
 from .progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
+    from .engine import Engine
     from .interactive import Session
     from .weights import WeightsSource
 
 __all__ = [
-    "PointPrompt", "ClickEditor", "WeightsModel", "WEIGHTS_MODELS", "WeightsStatus", "weights_status",
+    "PointPrompt", "ClickEditor", "EngineSettings", "EngineCache", "ClickSession", "WeightsModel", "WEIGHTS_MODELS", "WeightsStatus", "weights_status",
 ]
 
 # ---------------------------------------------------------------------------------- the clicks
@@ -192,6 +196,61 @@ class ClickEditor:
     def _snaps(self, structure: Structure) -> bool:
         return (self._supervoxels is not None and self.snap_fraction > 0
                 and structure.label in label_table.ZERO_SHOT_IDS and bool(structure.clicks))
+
+
+# ---------------------------------------------------------------------------------- the network
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What decides the network that runs: the checkpoint file, the device, the precision and the runtime."""
+
+    weights: Path
+    device: str
+    precision: str
+    runtime: str
+
+
+class EngineCache:
+    """The one network the panel keeps loaded, for the settings it was last asked for.
+
+    A full VISTA3D takes about 1 GB and seconds to load, so it is kept between runs; asked for
+    other settings, the cache lets the old network go before it loads the new one (two full
+    networks do not fit on many GPUs). The network is freed only once nothing else holds it: the
+    Logic drops its click session (which holds the network it was made with) first.
+    Thread-safe: the worker thread loads, any thread may ``drop``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings: Optional[EngineSettings] = None
+        self._engine: Optional["Engine"] = None
+
+    def get(self, settings: EngineSettings) -> "Engine":
+        from .engine import Engine
+
+        with self._lock:
+            if settings != self._settings:
+                self._settings = self._engine = None
+                self._engine = Engine.from_weights(settings.weights, device=settings.device,
+                                                   precision=settings.precision, runtime=settings.runtime)
+                self._settings = settings
+            return self._engine
+
+    def drop(self) -> None:
+        with self._lock:
+            self._settings = self._engine = None
+
+
+@dataclass(frozen=True)
+class ClickSession:
+    """The click editor of one volume and what it was made for: the volume (its node ID and the
+    modification time of its voxels) and the engine settings. A click with other settings, or on
+    another or changed volume, needs a new session."""
+
+    volume: tuple[str, int]
+    settings: EngineSettings
+    editor: ClickEditor
 
 
 # --------------------------------------------------------------------------------- the weights
