@@ -464,3 +464,31 @@ def test_an_export_is_read_back_by_slicer_s_own_storage_nodes(slicer_app, adapte
         assert colours.GetTerminologyType(label_id).GetCodeValue() == labels.label_info(label_id if label_id < 133 else 133).type.value
     with result.colour_table_path.open(newline="", encoding="utf-8") as handle:
         assert [row["LabelValue"] for row in csv.DictReader(handle)] == ["1", "3", "133"]
+
+
+def test_a_segment_stored_as_a_surface_is_read_on_the_volume_s_grid(slicer_app, adapter, ct):
+    """A segmentation made of surfaces (a model imported as a segment) is converted, as Slicer displays it."""
+    import slicer
+    import vtk
+
+    from VISTA3DSlicerLib.geometry import Image
+
+    image = Image(np.zeros(SHAPE), OBLIQUE)
+    centre = image.index_to_ras(np.array([20.0, 18.0, 12.0]))
+    sphere = vtk.vtkSphereSource()
+    sphere.SetCenter(*centre)
+    sphere.SetRadius(8.0)
+    sphere.SetThetaResolution(32)
+    sphere.SetPhiResolution(32)
+    sphere.Update()
+    segmentation = new_segmentation(slicer, "model")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    segmentation.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    segment_id = segmentation.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), "ball")
+    assert segmentation.GetSegmentation().GetSourceRepresentationName() == "Closed surface"
+
+    mask = adapter.segment_mask(segmentation, segment_id, ct)
+    i, j, k = np.indices(SHAPE)
+    points = np.stack([i, j, k, np.ones(SHAPE)], axis=-1) @ OBLIQUE.T
+    distance = np.linalg.norm(points[..., :3] - centre, axis=-1)
+    assert mask[distance < 6.5].all() and not mask[distance > 9.5].any()

@@ -253,11 +253,17 @@ def segment_voxels(segmentation_node, segment_id: str,
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise VISTA3DError(f"The segmentation '{segmentation_node.GetName()}' has no segment {segment_id!r}.")
-    stored = slicer.vtkOrientedImageData()
-    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentation_node, segment_id, stored, False):  # in the segmentation's frame
-        raise VISTA3DError(f"Slicer could not read the segment '{segment.GetName()}' as a labelmap; "
-                           "the application log has the details.")
+    # The labelmap Slicer holds (in the segmentation's frame), read in place: no copy of a layer
+    # that may hold every segment of a whole CT.
+    binary_labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    stored = (segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+              if segmentation_node.GetSegmentation().ContainsRepresentation(binary_labelmap) else None)
+    if stored is None:  # a segmentation of surfaces: converted, as Slicer converts it for display
+        stored = slicer.vtkOrientedImageData()
+        if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentation_node, segment_id, stored, False):
+            raise VISTA3DError(f"Slicer could not read the segment '{segment.GetName()}' as a labelmap; "
+                               "the application log has the details.")
     dimensions = reference_volume_node.GetImageData().GetDimensions()
     grid = slicer.vtkOrientedImageData()
     grid.SetExtent(0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)
