@@ -194,6 +194,39 @@ def test_missing_packages_are_a_message_naming_them(logic, ct, checkpoint, monke
         logic.segment(ct, ["liver"], weights=checkpoint, device="cpu")
 
 
+def test_install_dependencies_installs_what_is_missing_without_asking(logic, monkeypatch):
+    import importlib.util
+
+    import slicer
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else find_spec(name, *a))
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", installed.append)  # the one install the Logic may make
+    logic.installDependencies()
+    assert installed == [["monai>=1.5,<1.7"]]
+
+
+def test_missing_weights_name_their_source_and_download_on_the_worker(logic, checkpoint, monkeypatch, tmp_path):
+    from VISTA3DSlicerLib import weights
+
+    assert logic.missingWeights() is weights.SOURCES[weights.DEFAULT_SOURCE]
+    assert logic.missingWeights(None, "vit_b") is weights.SAM_SOURCES["vit_b"]
+    assert logic.missingWeights(checkpoint) is None
+    threads = []
+
+    def download(source, *, progress=None, cancel=None):
+        threads.append(threading.current_thread().name)
+        progress(1, 1, "downloaded")
+        return tmp_path / source.filename
+
+    monkeypatch.setattr(weights, "download", download)
+    reports = []
+    path = logic.downloadWeights(weights.SAM_SOURCES["vit_b"], progress=lambda *report: reports.append(report))
+    assert path == tmp_path / weights.SAM_SOURCES["vit_b"].filename
+    assert threads == ["VISTA3D worker"] and reports == [(1, 1, "downloaded")]
+
+
 def test_segment_volumes_reports_each_volume_and_goes_on_after_a_failure(logic, ct, checkpoint, slicer_app):
     import slicer
 
@@ -317,6 +350,21 @@ def test_the_click_session_is_installed_on_the_main_thread(logic, ct, checkpoint
     assert logic.pointsOf(liver) == [] and not logic.canUndo(liver)
     vista3d_module.VISTA3DSlicerLogic._dispatchTimer.timeout()  # what Slicer's event loop does every 50 ms
     assert len(logic.pointsOf(liver)) == 1 and logic.canUndo(liver)
+
+
+def test_forgetting_edits_the_volume_and_the_network(logic, ct, checkpoint, earlier_result):
+    """What the panel calls when a run rewrote the segments, the scene closed, the weights were deleted."""
+    segmentation = written_segmentation(ct, earlier_result)
+    liver = segments_of(segmentation)["Liver"]
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, weights=checkpoint, device="cpu")
+    assert logic.canUndo(liver)
+    logic.forgetEdits()
+    assert not logic.canUndo(liver) and logic.pointsOf(liver) == []
+    logic.forgetVolume()
+    assert len(live_engines()) == 1  # the network stays loaded for the next volume
+    logic.dropEngine()
+    assert live_engines() == []
 
 
 # ------------------------------------------------------------------------------ zero-shot

@@ -240,6 +240,9 @@ class Worker:
                 self._finish(job, None, error)
             else:
                 self._finish(job, result, None)
+            # The thread waits for the next job holding nothing: a result (a click session, say)
+            # kept alive here would keep its network after the panel let it go.
+            job = result = None
 
     def _progress(self, job: Job, done: int, total: int, message: str) -> None:
         if job._on_progress is None:
