@@ -98,6 +98,12 @@ def reportingErrors(title: str, waitCursor: bool = False):
         logging.error(title, exc_info=error)
         slicer.util.errorDisplay(f"{title}\n\n{error}", detailedText=traceback.format_exc())
 
+def namesInShort(names: list[str], shown: int = 8) -> str:
+    """The first ``shown`` names, then how many more: for a message about many segments."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (_(" and {n} more").format(n=more) if more > 0 else "")
+
+
 #
 # VISTA3DSlicer
 #
@@ -470,7 +476,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         existing = self.logic.segmentsToReplace(segmentationNode, self._selection.ids) if segmentationNode else []
         if not existing:
             return False
-        names = ", ".join(existing[:8]) + (_(" and {n} more").format(n=len(existing) - 8) if len(existing) > 8 else "")
+        names = namesInShort(existing)
         if not slicer.util.confirmOkCancelDisplay(
                 _("'{segmentation}' already has {names}. Replace them with the new result?").format(
                     segmentation=segmentationNode.GetName(), names=names)):
@@ -945,9 +951,9 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         labels.validate_automatic_prompt(labelIds)
         replaced = self.segmentsToReplace(segmentationNode, labelIds) if segmentationNode is not None else []
         if replaced and not replaceExisting:
-            names = ", ".join(replaced[:8]) + (_(" and {n} more").format(n=len(replaced) - 8) if len(replaced) > 8 else "")
             raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
-                                 "segmentation, or agree to replace them (replaceExisting=True).").format(names=names))
+                                 "segmentation, or agree to replace them (replaceExisting=True).").format(
+                                     names=namesInShort(replaced)))
         image = slicer_adapter.image_from_volume_node(volumeNode)
         settingsOf = self._engineSettings(weights, device, precision, runtime, allowDownload)[1]
 
