@@ -14,6 +14,7 @@ import gc
 import threading
 import time
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
@@ -89,12 +90,18 @@ def logic(vista3d_module, tmp_path, monkeypatch):
     return vista3d_module.VISTA3DSlicerLogic()
 
 
-def live_engines() -> list:
-    """Every engine (a loaded network) still held by anything."""
+@pytest.fixture
+def live_engines():
+    """A function giving every engine (a loaded network) still held by anything, that the test made
+    (other tests' fixtures may hold engines of their own)."""
     from VISTA3DSlicerLib.engine import Engine
 
-    gc.collect()
-    return [thing for thing in gc.get_objects() if isinstance(thing, Engine)]
+    def engines() -> list:
+        gc.collect()
+        return [thing for thing in gc.get_objects() if isinstance(thing, Engine)]
+
+    earlier = weakref.WeakSet(engines())
+    return lambda: [engine for engine in engines() if engine not in earlier]
 
 
 def segments_of(segmentation) -> dict[str, str]:
@@ -322,7 +329,7 @@ def test_a_point_outside_the_volume_is_refused_and_changes_nothing(logic, ct, ch
 
 
 def test_the_click_session_follows_the_engine_settings_and_frees_the_old_network(logic, ct, checkpoint,
-                                                                               earlier_result):
+                                                                               earlier_result, live_engines):
     """A click after the precision changed runs on a network of that precision, and the network
     of the old precision is gone (two full networks need about 2 GB more)."""
     segmentation = written_segmentation(ct, earlier_result)
@@ -352,7 +359,7 @@ def test_the_click_session_is_installed_on_the_main_thread(logic, ct, checkpoint
     assert len(logic.pointsOf(liver)) == 1 and logic.canUndo(liver)
 
 
-def test_forgetting_edits_the_volume_and_the_network(logic, ct, checkpoint, earlier_result):
+def test_forgetting_edits_the_volume_and_the_network(logic, ct, checkpoint, earlier_result, live_engines):
     """What the panel calls when a run rewrote the segments, the scene closed, the weights were deleted."""
     segmentation = written_segmentation(ct, earlier_result)
     liver = segments_of(segmentation)["Liver"]
