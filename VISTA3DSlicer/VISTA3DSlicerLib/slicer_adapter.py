@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import VISTA3DError
-from .geometry import Image
+from .geometry import Image, bounding_box
 
 __all__ = [
     "LABEL_VALUE_TAG", "image_from_volume_node", "ijk_to_ras", "labelmap_to_segmentation", "consecutive_labels",
@@ -282,11 +282,14 @@ def segment_voxels(segmentation_node, segment_id: str,
     shape = [extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0)]
     values = numpy_support.vtk_to_numpy(stored.GetPointData().GetScalars()).reshape(shape).transpose(2, 1, 0)
     inside = tuple(slice(a - extent[2 * axis], b - extent[2 * axis]) for axis, (a, b) in enumerate(zip(low, high)))
-    # A layer shared with other segments holds each segment's own label value.
+    # A layer shared with other segments holds each segment's own label value; the layer spans
+    # them all, so the box is trimmed to this segment's voxels.
     voxels = values[inside] == segment.GetLabelValue()
-    if not voxels.any():
+    trimmed = bounding_box(voxels)
+    if trimmed is None:
         return None, None
-    return tuple(slice(a, b) for a, b in zip(low, high)), voxels
+    box = tuple(slice(start + part.start, start + part.stop) for start, part in zip(low, trimmed))
+    return box, np.ascontiguousarray(voxels[trimmed])
 
 
 def write_segment_region(segmentation_node, segment_id: str, mask: np.ndarray,
