@@ -140,22 +140,6 @@ def test_bad_roi_is_refused(text):
         sv.parse_roi(text, (100, 100, 30))
 
 
-def test_supervoxel_cache_computes_once_per_roi(small_sam, monkeypatch):
-    calls = []
-    real = sv.compute_supervoxels
-    monkeypatch.setattr(sv, "compute_supervoxels", lambda *a, **k: calls.append(1) or real(*a, **k))
-    hu, _ = piecewise_volume()
-    image = Image(hu[:16, :16, :8], np.eye(4))
-    cache = sv.SupervoxelCache(small_sam)
-    first = cache.get(image, n_segments=10)
-    assert cache.get(image, n_segments=10) is first and len(calls) == 1
-    cache.get(image, sv.roi_box((0, 0, 0), (8, 8, 8), image.shape), n_segments=10)
-    assert len(calls) == 2
-    cache.clear()
-    cache.get(image, n_segments=10)
-    assert len(calls) == 3
-
-
 # ------------------------------------------------------------------------------------------- memory
 
 #: Peak host memory one slice adds through SAM ViT-B (random weights, 64x64 slices), measured as the

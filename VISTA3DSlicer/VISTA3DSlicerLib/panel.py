@@ -116,11 +116,6 @@ class ClickEditor:
     def can_redo(self, segment_id: str) -> bool:
         return segment_id in self._structures and self._structures[segment_id].can_redo
 
-    def forget(self, segment_id: str) -> None:
-        """Drop a segment's points and history (the segment was deleted, or its points cleared for good)."""
-        self._structures.pop(segment_id, None)
-        self._shown.pop(segment_id, None)
-
     def forget_all(self) -> None:
         """Drop every segment's points and history (a run rewrote the segments)."""
         self._structures.clear()
@@ -136,10 +131,6 @@ class ClickEditor:
                 "compute them again for this volume."
             )
         self._supervoxels = None if supervoxels is None else np.asarray(supervoxels.array)
-
-    @property
-    def has_supervoxels(self) -> bool:
-        return self._supervoxels is not None
 
     def snap_box(self, segment_id: str, margin: int) -> tuple[slice, slice, slice]:
         """The region to compute supervoxels in for this segment: its mask and points, with a margin."""

@@ -18,8 +18,7 @@ The recipe, as the VISTA authors' ``slic_process_sam.py`` runs it:
 
 Supervoxels are computed over a region of interest (a box around the clicks, or the whole
 volume): a CPU takes 10-20 s per SAM ViT-B slice, so whole volumes are for GPUs. Slices go
-through the encoder in batches, under bf16/fp16 autocast when asked. Results are cached per
-volume and ROI by ``SupervoxelCache``.
+through the encoder in batches, under bf16/fp16 autocast when asked.
 
 Memory: SAM's global attention holds about 2.5 GB per ViT-B slice in fp32 whatever the ROI's
 size, and clustering a whole CT's 32-channel feature volume with SLIC can need tens of GB. In
@@ -556,40 +555,6 @@ def compute_supervoxels(
     output = np.zeros(image.shape, dtype=np.int32)
     output[box] = labels
     return image.with_array(output)
-
-
-class SupervoxelCache:
-    """Supervoxel maps of one volume by ROI and number of segments (a SAM pass is slow: keep them).
-
-    Whoever changes the volume calls ``clear``, as for the session's feature cache.
-    """
-
-    def __init__(self, sam, *, device: "torch.device | str" = "cpu", precision: str = "fp32"):
-        self.sam = sam
-        self.device = device
-        self.precision = precision
-        self._maps: dict[tuple, Image] = {}
-
-    def get(
-        self,
-        image: Image,
-        roi: Optional[Box] = None,
-        *,
-        n_segments: int = N_SEGMENTS,
-        progress: Optional[ProgressCallback] = None,
-        cancel: Optional[CancelToken] = None,
-    ) -> Image:
-        box = roi if roi is not None else tuple(slice(0, n) for n in image.shape)
-        key = (tuple((s.start, s.stop) for s in box), n_segments)
-        if key not in self._maps:
-            self._maps[key] = compute_supervoxels(
-                self.sam, image, box, n_segments=n_segments, device=self.device, precision=self.precision,
-                progress=progress, cancel=cancel,
-            )
-        return self._maps[key]
-
-    def clear(self) -> None:
-        self._maps.clear()
 
 
 # --------------------------------------------------------------------------------------- snapping
