@@ -47,30 +47,6 @@ from VISTA3DSlicerLib.panel import (
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
 
-#: The torch versions the engine supports (pyproject.toml's "torch>=2.4"); torch is installed
-#: by the PyTorch extension, which picks the build that matches the computer's GPU driver.
-TORCH_VERSION_REQUIREMENT = ">=2.4"
-
-#: Import name -> pip requirement of every other package the engine needs, as pinned in
-#: pyproject.toml (numpy comes with Slicer).
-PIP_REQUIREMENTS = {
-    "monai": "monai>=1.5,<1.7",
-    "SimpleITK": "SimpleITK>=2.3",
-    "nibabel": "nibabel>=5.0",
-    "skimage": "scikit-image>=0.22",
-    "slicerio": "slicerio>=1.1",
-    "nrrd": "pynrrd>=1.0",
-    "safetensors": "safetensors>=0.4",
-    "filelock": "filelock>=3.9",
-    "requests": "requests>=2.28",
-    "tqdm": "tqdm>=4.60",
-    "PIL": "pillow>=10",
-    "segment_anything": "segment-anything>=1.0",
-    "psutil": "psutil>=5.9",
-}
-#: Installed only for the OpenVINO runtime (pyproject's ``openvino`` extra).
-OPENVINO_REQUIREMENT = {"openvino": "openvino>=2024.4"}
-
 DOCUMENTATION_URL = "https://github.com/vista3dslicer/SlicerVISTA3D#readme"
 EXPORT_FORMATS = (".nii.gz", ".nrrd", ".seg.nrrd")
 #: QSettings keys of the checkpoint files the user chose with "Use a file..." (one per model).
@@ -544,13 +520,13 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _installDependencies(self, runtime: str = "torch") -> None:
         """Install the packages VISTA3D needs that are missing, after asking; a "no" stops with a message."""
-        missing = self.logic.missingDependencies(runtime)
-        if not missing:
+        unmet = self.logic.missingDependencies(runtime)
+        if not unmet:
             return
-        packages = ", ".join(missing)
+        packages = ", ".join(map(str, unmet))
         if not slicer.util.confirmOkCancelDisplay(
-            _("VISTA3D needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
-              "Download and install them now? This can take a few minutes.").format(packages=packages)
+            _("VISTA3D needs these Python packages, which are not installed or not at a version it can use:"
+              "\n\n{packages}\n\nDownload and install them now? This can take a few minutes.").format(packages=packages)
         ):
             raise VISTA3DError(_("VISTA3D cannot run without these Python packages: {packages}.").format(packages=packages))
         with slicer.util.WaitCursor():
@@ -1294,37 +1270,41 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     # -- dependencies -------------------------------------------------------------------------
 
-    def missingDependencies(self, runtime: str = "torch") -> list[str]:
-        """The requirements of VISTA3D (and of ``runtime``) that are not installed: torch (which
-        the PyTorch extension installs) and the packages of ``PIP_REQUIREMENTS``."""
-        requirements = {"torch": "torch" + TORCH_VERSION_REQUIREMENT} | PIP_REQUIREMENTS | (
-            OPENVINO_REQUIREMENT if runtime == "openvino" else {})
-        return [requirement for name, requirement in requirements.items() if importlib.util.find_spec(name) is None]
+    def missingDependencies(self, runtime: str = "torch") -> list:
+        """The requirements of VISTA3D (and of ``runtime``) that the installed packages do not meet:
+        not installed, or at a version outside the range (another extension may have installed
+        one), as ``dependencies.UnmetRequirement``s; ``str()`` of each says which and why."""
+        from VISTA3DSlicerLib.dependencies import requirements, unmet_requirements
+
+        return unmet_requirements(requirements(runtime))
 
     def installDependencies(self, runtime: str = "torch") -> None:
         """Install what ``missingDependencies`` lists, without asking: PyTorch through the PyTorch
         extension (the build that matches this computer's GPU driver), then the other packages
         with pip. Call it from the main thread (pip in a thread crashes Slicer on macOS)."""
-        missing = self.missingDependencies(runtime)
+        unmet = self.missingDependencies(runtime)
         # torch first: pip would otherwise pull a generic torch build in as a dependency of monai.
-        if any(requirement.startswith("torch") for requirement in missing):
-            self._installTorch()
-        packages = [requirement for requirement in missing if not requirement.startswith("torch")]
+        for torch in (u for u in unmet if u.name == "torch"):
+            self._installTorch(torch.requirement)
+        packages = [u.requirement for u in unmet if u.name != "torch"]
         if packages:
             slicer.util.pip_install(packages)
         importlib.invalidate_caches()
 
     def _requireDependencies(self, runtime: str = "torch") -> None:
-        missing = self.missingDependencies(runtime)
-        if missing:
+        unmet = self.missingDependencies(runtime)
+        if unmet:
             raise VISTA3DError(_(
-                "VISTA3D needs these Python packages, which are not installed: {packages}. Install them from "
-                "the VISTA3D panel (it offers to when you run it), or in the Python console with "
-                "VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies()."
-            ).format(packages=", ".join(missing)))
+                "VISTA3D needs these Python packages, which are not installed or not at a version it can use: "
+                "{packages}. Install them from the VISTA3D panel (it offers to when you run it), or in the "
+                "Python console with VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies()."
+            ).format(packages=", ".join(map(str, unmet))))
 
     @staticmethod
-    def _installTorch() -> None:
+    def _installTorch(requirement: str) -> None:
+        """Install torch meeting ``requirement`` through the PyTorch extension."""
+        from packaging.requirements import Requirement
+
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
@@ -1333,7 +1313,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                 "the PyTorch extension from the Extensions Manager, restart Slicer and try again."
             )) from None
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
+            askConfirmation=False, torchVersionRequirement=str(Requirement(requirement).specifier))
         if torch is None:
             raise VISTA3DError(_("PyTorch was not installed, and VISTA3D cannot run without it."))
 

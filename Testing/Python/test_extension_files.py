@@ -23,6 +23,13 @@ def test_cmake_lists_every_library_script():
     assert listed == on_disk
 
 
+def test_cmake_installs_the_data_the_library_reads_beside_its_scripts():
+    listed = set(cmake_list("MODULE_PYTHON_RESOURCES"))
+    library = REPO / "VISTA3DSlicer" / "VISTA3DSlicerLib"
+    on_disk = {str(p.relative_to(REPO / "VISTA3DSlicer")) for p in library.glob("requirements*.txt")}
+    assert listed == on_disk and on_disk
+
+
 def test_cmake_resources_exist_and_include_what_the_module_loads():
     resources = cmake_list("MODULE_RESOURCES")
     for resource in resources:

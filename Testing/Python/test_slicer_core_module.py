@@ -191,27 +191,39 @@ def test_a_call_that_does_not_wait_returns_at_once_and_downloads_on_the_worker(
     assert len(done) == 1 and done[0].IsA("vtkMRMLSegmentationNode"), done
 
 
-def test_missing_packages_are_a_message_naming_them(logic, ct, checkpoint, monkeypatch, vista3d_module):
-    import importlib.util
+def fake_versions(monkeypatch, **versions) -> None:
+    """Make importlib.metadata report these versions (None: not installed) for these distributions."""
+    import importlib.metadata
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else find_spec(name, *a))
-    assert logic.missingDependencies() == ["monai>=1.5,<1.7"]
-    with pytest.raises(vista3d_module.VISTA3DError, match="monai>=1.5,<1.7"):
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name in versions:
+            if versions[name] is None:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return versions[name]
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+
+
+def test_packages_missing_or_at_another_version_are_a_message_naming_them(logic, ct, checkpoint, monkeypatch,
+                                                                          vista3d_module):
+    fake_versions(monkeypatch, monai="1.3.0", nibabel=None)  # another extension's monai; no nibabel
+    assert [str(unmet) for unmet in logic.missingDependencies()] == [
+        "monai>=1.5,<1.7 (1.3.0 is installed)", "nibabel>=5.0 (not installed)"]
+    with pytest.raises(vista3d_module.VISTA3DError, match=r"monai>=1.5,<1.7 \(1.3.0 is installed\)"):
         logic.segment(ct, ["liver"], weights=checkpoint, device="cpu")
 
 
 def test_install_dependencies_installs_what_is_missing_without_asking(logic, monkeypatch):
-    import importlib.util
-
     import slicer
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else find_spec(name, *a))
+    fake_versions(monkeypatch, monai="1.7.2", psutil=None)
     installed = []
     monkeypatch.setattr(slicer.util, "pip_install", installed.append)  # the one install the Logic may make
     logic.installDependencies()
-    assert installed == [["monai>=1.5,<1.7"]]
+    assert installed == [["monai>=1.5,<1.7", "psutil>=5.9"]]
 
 
 def test_missing_weights_name_their_source_and_download_on_the_worker(logic, checkpoint, monkeypatch, tmp_path):

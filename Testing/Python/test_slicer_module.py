@@ -37,7 +37,7 @@ UI_FILE = REPO / "Resources" / "UI" / "VISTA3DSlicer.ui"
 SLICER_PROVIDED = {"slicer", "qt", "ctk", "vtk"}
 #: Packages the module installs on first use: none of them may be needed to import it.
 INSTALLED_ON_DEMAND = ["torch", "monai", "SimpleITK", "nibabel", "skimage", "slicerio", "nrrd",
-                       "safetensors", "filelock", "requests", "tqdm", "PIL", "segment_anything", "psutil"]
+                       "safetensors", "filelock", "requests", "tqdm", "PIL", "segment_anything", "psutil", "packaging"]
 
 
 def module_tree() -> ast.Module:
@@ -158,13 +158,22 @@ def test_import_walk_sees_nested_and_submodule_imports():
     assert module_level_imports(tree) == ["os", "VISTA3DSlicerLib.weights", "torch"]
 
 
-def test_on_demand_requirements_match_pyproject():
-    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    installed_by_module = set(module_constant("PIP_REQUIREMENTS").values())
-    torch = "torch" + module_constant("TORCH_VERSION_REQUIREMENT")
-    # numpy ships with Slicer; everything else the package needs, the module installs.
-    assert installed_by_module | {torch} == {d for d in dependencies if not d.startswith("numpy")}
-    assert set(module_constant("PIP_REQUIREMENTS")) == set(INSTALLED_ON_DEMAND) - {"torch"}
+def test_the_module_checks_the_one_requirements_list_the_package_is_built_from():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]
+    library = MODULE_DIR / "VISTA3DSlicerLib"
+    assert dynamic["dependencies"]["file"] == [str((library / "requirements.txt").relative_to(REPO))]
+    assert dynamic["optional-dependencies"]["openvino"]["file"] == [
+        str((library / "requirements-openvino.txt").relative_to(REPO))]
+    assert "dependencies" in pyproject["project"]["dynamic"] and "dependencies" not in pyproject["project"]
+    # What the module installs on demand can be imported by these names (the import test blocks them).
+    from VISTA3DSlicerLib.dependencies import requirements
+
+    import_names = {"scikit-image": "skimage", "pynrrd": "nrrd", "pillow": "PIL", "segment-anything": "segment_anything"}
+    names = {requirement.split(">")[0].split("<")[0].split("=")[0] for requirement in requirements()}
+    assert {import_names.get(name, name) for name in names} - {"numpy"} == set(INSTALLED_ON_DEMAND)
+    # make reinstalls when the list changes.
+    assert "VISTA3DSlicer/VISTA3DSlicerLib/requirements.txt" in (REPO / "Makefile").read_text()
 
 
 # ------------------------------------------------------------------------------ the .ui file
