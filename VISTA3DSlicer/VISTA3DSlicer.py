@@ -74,6 +74,14 @@ def reportingErrors(title: str, waitCursor: bool = False):
         logging.error(title, exc_info=error)
         slicer.util.errorDisplay(f"{title}\n\n{error}", detailedText=traceback.format_exc())
 
+def moduleResource(relativePath: str) -> Path:
+    """A file of the module's ``Resources``: beside this file in an installed extension, at the
+    repository's top level in a checkout added as a module path."""
+    here = Path(__file__).resolve().parent
+    candidates = [folder / "Resources" / relativePath for folder in (here, here.parent)]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
 def namesInShort(names: list[str], shown: int = 8) -> str:
     """The first ``shown`` names, then how many more: for a message about many segments."""
     more = len(names) - shown
@@ -170,9 +178,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        # labels.resources_dir finds Resources/ both in an installed extension (beside the module)
-        # and in a checkout added as a module path (the repository's top level).
-        uiWidget = slicer.util.loadUI(str(labels.resources_dir() / "UI" / "VISTA3DSlicer.ui"))
+        uiWidget = slicer.util.loadUI(str(moduleResource("UI/VISTA3DSlicer.ui")))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)

@@ -23,22 +23,26 @@ def test_cmake_lists_every_library_script():
     assert listed == on_disk
 
 
-def test_cmake_installs_the_data_the_library_reads_beside_its_scripts():
+def test_cmake_installs_the_library_s_package_data_beside_its_scripts():
+    """What pyproject ships in the wheel, CMake copies into Slicer: the same files."""
+    import tomllib
+
     listed = set(cmake_list("MODULE_PYTHON_RESOURCES"))
     library = REPO / "VISTA3DSlicer" / "VISTA3DSlicerLib"
-    on_disk = {str(p.relative_to(REPO / "VISTA3DSlicer")) for p in library.glob("requirements*.txt")}
-    assert listed == on_disk and on_disk
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["VISTA3DSlicerLib"]
+    packaged = {str(p.relative_to(REPO / "VISTA3DSlicer")) for pattern in patterns for p in library.glob(pattern)}
+    assert listed == packaged
+    from VISTA3DSlicerLib.labels import colour_table_path, terminology_context_paths
+
+    for path in (colour_table_path(), *terminology_context_paths()):
+        assert str(path.relative_to(REPO / "VISTA3DSlicer")) in listed
 
 
 def test_cmake_resources_exist_and_include_what_the_module_loads():
     resources = cmake_list("MODULE_RESOURCES")
     for resource in resources:
         assert (REPO / "Resources" / resource).is_file(), resource
-    assert {"UI/VISTA3DSlicer.ui", "Icons/VISTA3DSlicer.png", "VISTA3DColorTable.csv"} <= set(resources)
-    # The terminology contexts the module loads at start-up.
-    from VISTA3DSlicerLib.labels import terminology_context_paths
-
-    assert {str(p.relative_to(REPO / "Resources")) for p in terminology_context_paths()} <= set(resources)
+    assert set(resources) == {"UI/VISTA3DSlicer.ui", "Icons/VISTA3DSlicer.png"}
 
 
 def test_extension_metadata_depends_on_pytorch_and_points_at_files_in_the_repository():

@@ -3,7 +3,7 @@
 Slicer's terminology selector looks a segment's codes up in the context its TerminologyEntry tag
 names. Slicer's own contexts lack the codes of about half the VISTA3D classes (single vertebrae
 and ribs, the portal and splenic vein, ...), so the extension ships one category/type context and
-one region context holding exactly the codes of ``Resources/VISTA3DColorTable.csv`` (and the
+one region context holding exactly the codes of the label table (``data/VISTA3DColorTable.csv``; and the
 zero-shot structures'), and every tag names them. This file builds what those two JSON files must
 hold from the label table; ``VISTA3D_WRITE_TERMINOLOGY=1`` writes them after a change of the table.
 """
@@ -88,7 +88,7 @@ def test_the_shipped_contexts_hold_exactly_the_label_table_s_codes(path: Path, e
         path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     assert path.is_file(), f"{path} is missing: run VISTA3D_WRITE_TERMINOLOGY=1 pytest {__file__}"
     assert json.loads(path.read_text(encoding="utf-8")) == content, (
-        f"{path.name} does not match Resources/VISTA3DColorTable.csv: run VISTA3D_WRITE_TERMINOLOGY=1 pytest {__file__}")
+        f"{path.name} does not match the label table {labels.colour_table_path()}: run VISTA3D_WRITE_TERMINOLOGY=1 pytest {__file__}")
 
 
 def test_every_label_names_the_shipped_contexts():

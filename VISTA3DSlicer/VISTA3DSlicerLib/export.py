@@ -4,7 +4,7 @@ This is the Qt-free half of the Slicer panel's Export. The Slicer adapter hands 
 segment as plain data (``ExportSegment``); this module gives every segment a label ID, paints
 the segments into one ``uint8`` labelmap, and writes it (NIfTI, NRRD or a Slicer ``.seg.nrrd``)
 together with ``<stem>.csv``: a colour table with terminology in the columns of the label table
-(``Resources/VISTA3DColorTable.csv``), which 3D Slicer 5.10 and later loads as a colour node
+(``VISTA3DSlicerLib/data/VISTA3DColorTable.csv``), which 3D Slicer 5.10 and later loads as a colour node
 and any other tool reads as plain CSV, so the IDs in the labelmap keep their meaning.
 
 The segments are only read: their masks are never written to. A mask may be given as a function
@@ -40,7 +40,7 @@ _CODE_FIELDS = (
     ("Region", "region"),
     ("RegionModifier", "region_modifier"),
 )
-#: The columns of the exported colour table: those of ``Resources/VISTA3DColorTable.csv``.
+#: The columns of the exported colour table: those of the label table (``labels.colour_table_path``).
 COLOUR_TABLE_COLUMNS: tuple[str, ...] = ("LabelValue", "Name", "Color_R", "Color_G", "Color_B", "Color_A") + tuple(
     f"{prefix}_{field}" for prefix, _ in _CODE_FIELDS for field in ("CodingScheme", "CodeValue", "CodeMeaning")
 )

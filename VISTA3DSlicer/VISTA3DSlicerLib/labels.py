@@ -4,7 +4,7 @@ VISTA3D predicts "global" class IDs. IDs 1..132 are the classes it was trained o
 bundle's ``labels.json``); IDs 133..254 are free "zero-shot" IDs that only make sense together
 with clicks; 255 marks "not processed" in the bundle's output and is never a class.
 
-Everything that describes a class lives in one data file, ``Resources/VISTA3DColorTable.csv``,
+Everything that describes a class lives in one data file, ``data/VISTA3DColorTable.csv``,
 in the colour-table CSV format that 3D Slicer (5.10 and later) reads directly: label value,
 name, RGBA and DICOM/SNOMED CT terminology columns. Keeping it as data means Slicer can load
 the very same file as a colour node, and this module is only its loader. Only the standard
@@ -20,6 +20,7 @@ import colorsys
 import csv
 import difflib
 import functools
+import importlib.resources
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ COLOUR_TABLE_FILENAME = "VISTA3DColorTable.csv"
 # The terminology contexts every segment's TerminologyEntry tag names. Slicer's terminology
 # selector looks the codes up in the context the tag names, and Slicer's own contexts (the DICOM
 # master lists) lack about half of VISTA3D's codes (single vertebrae and ribs, ...). So the
-# extension ships two contexts holding exactly the codes of the CSV (Resources/Terminologies,
+# extension ships two contexts holding exactly the codes of the CSV (data/Terminologies,
 # checked against it by the tests) and the Slicer module loads them at start-up.
 CATEGORY_TYPE_CONTEXT = "Segmentation category and type - VISTA3D"
 ANATOMIC_CONTEXT = "Anatomic codes - VISTA3D"
@@ -152,32 +153,26 @@ class LabelInfo:
         )
 
 
-def resources_dir() -> Path:
-    """The folder holding the colour table.
-
-    In the source tree it is the repository's top-level ``Resources/`` (two levels above this
-    file); in a Slicer install ``<modules>/Resources/`` sits beside ``<modules>/VISTA3DSlicerLib/``.
-    """
-    here = Path(__file__).resolve().parent
-    candidates = (here.parent / "Resources", here.parent.parent / "Resources")
-    for candidate in candidates:
-        if (candidate / COLOUR_TABLE_FILENAME).is_file():
-            return candidate
-    raise VISTA3DError(
-        f"The VISTA3D label table {COLOUR_TABLE_FILENAME} was not found in "
-        + " or ".join(str(c) for c in candidates)
-        + ". The installation is incomplete: reinstall the extension or use a full checkout."
-    )
+def data_dir() -> Path:
+    """The library's data folder (package data: in a checkout, an editable or a wheel install, and
+    beside the library in Slicer): the label table and the terminology contexts."""
+    folder = Path(str(importlib.resources.files(__package__) / "data"))
+    if not (folder / COLOUR_TABLE_FILENAME).is_file():
+        raise VISTA3DError(
+            f"The VISTA3D label table {COLOUR_TABLE_FILENAME} is not in {folder}. The installation is incomplete: "
+            "reinstall the package (pip install vista3dslicer) or the Slicer extension."
+        )
+    return folder
 
 
 def colour_table_path() -> Path:
     """The label colour/terminology table (a Slicer CSV colour table)."""
-    return resources_dir() / COLOUR_TABLE_FILENAME
+    return data_dir() / COLOUR_TABLE_FILENAME
 
 
 def terminology_context_paths() -> tuple[Path, Path]:
     """The shipped category/type context and region context files (Slicer ``.term.json``)."""
-    folder = resources_dir() / "Terminologies"
+    folder = data_dir() / "Terminologies"
     return folder / TERMINOLOGY_FILENAMES[0], folder / TERMINOLOGY_FILENAMES[1]
 
 
