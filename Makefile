@@ -55,20 +55,21 @@ test-full: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
 
 bench: $(STAMP)
-	$(BIN)/vista3d bench
+	$(BIN)/python benchmarks/bench.py
 
+# The benchmarks run from the checkout (benchmarks/ is not part of the installed package).
 # Issue 7's GPU figures, one after the other, on a CUDA machine (TORCH=... for its build): the bundle
 # at AMP fp16 against ours, everything and 5 classes, 512³ and 333x333x603 at 0.8 mm; a 512x512x768
 # volume on a GPU capped at 8 GiB; clicks; whole-volume supervoxels. Appends to BENCHMARKS.md and .json.
 bench-gpu: $(STAMP)
-	$(BIN)/vista3d bench --reference --phantom 512x512x512 --labels everything --device cuda --precisions fp16,bf16
-	$(BIN)/vista3d bench --reference --phantom 512x512x512 --labels everything --device cuda --precisions fp16 --window-batch 2
-	$(BIN)/vista3d bench --reference --phantom 512x512x512 --labels 1,3,5,6,10 --device cuda --precisions fp16
-	$(BIN)/vista3d bench --reference --phantom 333x333x603 --labels everything --device cuda --precisions fp32,fp16
-	$(BIN)/vista3d bench --reference --phantom 512x512x768 --labels everything --device cuda --precisions fp16 --gpu-memory 8
-	$(BIN)/vista3d bench --device cuda --precision fp16
-	$(BIN)/vista3d bench --clicks --device cuda --precision fp16
-	$(BIN)/vista3d bench --supervoxels 256 --device cuda --precision fp16
+	$(BIN)/python benchmarks/bench.py --reference --phantom 512x512x512 --labels everything --device cuda --precisions fp16,bf16
+	$(BIN)/python benchmarks/bench.py --reference --phantom 512x512x512 --labels everything --device cuda --precisions fp16 --window-batch 2
+	$(BIN)/python benchmarks/bench.py --reference --phantom 512x512x512 --labels 1,3,5,6,10 --device cuda --precisions fp16
+	$(BIN)/python benchmarks/bench.py --reference --phantom 333x333x603 --labels everything --device cuda --precisions fp32,fp16
+	$(BIN)/python benchmarks/bench.py --reference --phantom 512x512x768 --labels everything --device cuda --precisions fp16 --gpu-memory 8
+	$(BIN)/python benchmarks/bench.py --device cuda --precision fp16
+	$(BIN)/python benchmarks/bench.py --clicks --device cuda --precision fp16
+	$(BIN)/python benchmarks/bench.py --supervoxels 256 --device cuda --precision fp16
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

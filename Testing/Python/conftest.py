@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Tests run from a checkout without installing the package, as well as after `pip install -e .`.
+# Tests run from a checkout without installing the package, as well as after `pip install -e .`;
+# the benchmarks and the bundle's reference pipeline (the tests' oracle) live outside the package.
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "VISTA3DSlicer"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -1,4 +1,4 @@
-"""``vista3d bench --reference``: ours against the reference pipeline, each run in a process of its own.
+"""``benchmarks/bench.py --reference``: ours against the reference pipeline, each run in a process of its own.
 
 What is checked is that the comparison measures what it says (its labels, agreement, memory and
 records), not how fast anything is: speed figures live in BENCHMARKS.md.
@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from VISTA3DSlicerLib.bench import phantom_ct
-from VISTA3DSlicerLib.cli import main
+import bench
+from bench import main, phantom_ct
 from VISTA3DSlicerLib.errors import VISTA3DError
 
 
@@ -26,7 +26,7 @@ def test_phantom_has_the_shape_spacing_and_a_body_in_air():
 
 def test_reference_comparison_on_a_phantom_records_identical_fp32_labels(tmp_path, capsys, small_checkpoint):
     markdown, records = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
-    code = main(["bench", "--reference", "--phantom", "60x50x40@3", "--labels", "liver,spleen",
+    code = main(["--reference", "--phantom", "60x50x40@3", "--labels", "liver,spleen",
                  "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32,bf16",
                  "--output", str(markdown), "--json", str(records)])
     assert code == 0, capsys.readouterr().err
@@ -48,14 +48,14 @@ def test_reference_comparison_on_a_phantom_records_identical_fp32_labels(tmp_pat
 
 @pytest.mark.parametrize("phantom", ["333x333", "0x10x10", "axbxc", "10x10x10@-1"])
 def test_a_malformed_phantom_size_is_refused(tmp_path, phantom):
-    from VISTA3DSlicerLib.bench import _comparison_input
+    from bench import _comparison_input
 
     with pytest.raises(VISTA3DError, match="XxYxZ"):
         _comparison_input(None, phantom, tmp_path)
 
 
 def run_for(checkpoint, tmp_path, pipeline: str = "engine"):
-    from VISTA3DSlicerLib.bench import PipelineRun, _comparison_input
+    from bench import PipelineRun, _comparison_input
 
     source, _ = _comparison_input(None, "40x30x20@3", tmp_path)
     return PipelineRun(pipeline, str(source), (1,), "fp32", "cpu", str(checkpoint), window_batch=2)
@@ -63,7 +63,6 @@ def run_for(checkpoint, tmp_path, pipeline: str = "engine"):
 
 def test_a_run_out_of_memory_is_recorded_not_raised(tmp_path, monkeypatch, small_checkpoint):
     """Under ``--gpu-memory`` the bundle may run out of memory: that is a result to record."""
-    from VISTA3DSlicerLib import bench
     from VISTA3DSlicerLib.engine import Engine
 
     def out_of_memory(*args, **kwargs):
@@ -77,7 +76,6 @@ def test_a_run_out_of_memory_is_recorded_not_raised(tmp_path, monkeypatch, small
 
 
 def test_a_bug_in_a_run_is_raised(tmp_path, monkeypatch, small_checkpoint):
-    from VISTA3DSlicerLib import bench
     from VISTA3DSlicerLib.engine import Engine
 
     def bug(*args, **kwargs):
@@ -91,7 +89,7 @@ def test_a_bug_in_a_run_is_raised(tmp_path, monkeypatch, small_checkpoint):
 def test_the_engines_fallbacks_and_window_batch_are_recorded(tmp_path, monkeypatch, small_checkpoint):
     import logging
 
-    from VISTA3DSlicerLib import bench, engine
+    from VISTA3DSlicerLib import engine
 
     segment = engine.Engine.segment
 
@@ -108,7 +106,7 @@ def test_the_engines_fallbacks_and_window_batch_are_recorded(tmp_path, monkeypat
 
 
 def test_a_comparison_with_a_failed_reference_says_so(tmp_path):
-    from VISTA3DSlicerLib.bench import _append_comparison
+    from bench import _append_comparison
 
     run = {"seconds": 12.0, "windows": 27, "fallbacks": [], "peak_host_memory_gib": 3.0,
            "peak_gpu_memory_gib": 7.5, "peak_gpu_reserved_gib": 7.9}
@@ -129,6 +127,6 @@ def test_a_comparison_with_a_failed_reference_says_so(tmp_path):
 
 @pytest.mark.parametrize("option", [["--window-batch", "0"], ["--gpu-memory", "-1"]])
 def test_bad_bench_settings_are_refused(tmp_path, capsys, option):
-    code = main(["bench", "--reference", "--phantom", "10x10x10", "--output", str(tmp_path / "B.md"), *option])
+    code = main(["--reference", "--phantom", "10x10x10", "--output", str(tmp_path / "B.md"), *option])
     assert code != 0 and "--window-batch must be 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "B.md").exists()

@@ -125,7 +125,7 @@ def test_segment_with_real_vista3d132_matches_the_bundle(capsys, tmp_path, examp
     "everything" only, to keep CI short: a few classes take the same path (argmax over the class
     channels) and are compared with the bundle on the small network in test_engine.py.
     """
-    from VISTA3DSlicerLib.reference import run_reference
+    from reference_pipeline import run_reference
 
     from VISTA3DSlicerLib.model import load_network
 

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from VISTA3DSlicerLib.reference import run_reference
+from reference_pipeline import run_reference
 
 from VISTA3DSlicerLib.engine import Engine, count_windows
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError

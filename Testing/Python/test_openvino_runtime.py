@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import main as bench_main
 from VISTA3DSlicerLib.cli import main
 from VISTA3DSlicerLib.engine import WINDOW, Engine
 from VISTA3DSlicerLib.errors import VISTA3DError
@@ -106,7 +107,7 @@ def test_the_command_line_segments_with_openvino(capsys, home, tmp_path, example
 
 def test_bench_records_the_openvino_runtime(capsys, home, tmp_path, small_checkpoint):
     markdown, records = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
-    code = main(["bench", "--reference", "--phantom", "60x50x40@3", "--labels", "liver,spleen",
+    code = bench_main(["--reference", "--phantom", "60x50x40@3", "--labels", "liver,spleen",
                  "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32",
                  "--runtime", "openvino", "--output", str(markdown), "--json", str(records)])
     assert code == 0, capsys.readouterr().err

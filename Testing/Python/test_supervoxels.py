@@ -286,8 +286,8 @@ def test_sam_loads_without_torchvision_and_rejects_a_foreign_checkpoint(tmp_path
 
 
 def test_bench_records_supervoxel_time(tmp_path, monkeypatch, small_sam):
-    """`vista3d bench --supervoxels N` writes its row (here with the small SAM, on a 12³ phantom)."""
-    from VISTA3DSlicerLib import bench
+    """`benchmarks/bench.py --supervoxels N` writes its row (here with the small SAM, on a 12³ phantom)."""
+    import bench
 
     monkeypatch.setattr(sv, "build_sam", lambda kind, weights, device: small_sam)
     output = tmp_path / "BENCHMARKS.md"

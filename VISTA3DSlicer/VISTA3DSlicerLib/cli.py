@@ -1,4 +1,4 @@
-"""The ``vista3d`` command line: segment, batch, labels, weights, bench.
+"""The ``vista3d`` command line: segment, batch, zeroshot, supervoxels, labels, weights.
 
 Every failure the user can fix is a ``VISTA3DError``; it is printed as one line starting
 with ``error:`` and the command exits with status 1 (no traceback). Running out of memory and
@@ -183,42 +183,6 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("--weights", help="with verify: the file to check (default: the one that would be used)")
     weights.set_defaults(run=_weights)
 
-    bench = commands.add_parser("bench", help="time the engine on this machine and record it in BENCHMARKS.md")
-    bench.add_argument("--input", help="CT to time end to end (default: the example CT in ../shared/data)")
-    bench.add_argument("--labels", default="1,3,5,6,10", help="classes for the end-to-end timing")
-    bench.add_argument("--weights", help="checkpoint; default: random vista3d132 weights (timing is the same)")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    bench.add_argument("--repeats", type=int, default=2, help="timed 128³ windows (after one warm-up)")
-    bench.add_argument("--output", default="BENCHMARKS.md", help="Markdown file the results are appended to")
-    bench.add_argument(
-        "--clicks", action="store_true",
-        help="time interactive clicks instead: first click, later clicks in a window already seen (feature "
-        "cache), a click in a new window, and the same clicks without the cache",
-    )
-    bench.add_argument("--label", default="liver", help="with --clicks: the class the clicks edit")
-    bench.add_argument(
-        "--supervoxels", type=int, metavar="SIZE",
-        help="time SAM supervoxels of a SIZE³ region instead (e.g. 128; a CPU takes minutes per 10 slices)",
-    )
-    bench.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
-    bench.add_argument("--sam-weights", help="with --supervoxels: SAM checkpoint (default: random weights)")
-    bench.add_argument(
-        "--reference", action="store_true",
-        help="time ours against the reference pipeline (the bundle's MONAI components) on --input or --phantom, "
-        "each run in a fresh process, at each of --precisions; compare their labels",
-    )
-    bench.add_argument("--phantom", metavar="XxYxZ[@MM]", help="with --reference: a CT-like phantom (default 0.8 mm)")
-    bench.add_argument("--precisions", default=None,
-                       help="with --reference: comma-separated, e.g. fp32,bf16 (default: --precision)")
-    bench.add_argument("--json", default="BENCHMARKS.json", help="with --reference: JSON file the results are added to")
-    bench.add_argument("--window-batch", type=int, default=1, metavar="N",
-                       help="with --reference: our engine runs N windows per network call (default 1)")
-    bench.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                       help="with --reference: what runs our engine's windows (openvino: CPU only)")
-    bench.add_argument("--gpu-memory", type=float, metavar="GIB",
-                       help="with --reference: let each run allocate at most GIB on the GPU (e.g. 8, an 8 GB card)")
-    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -705,40 +669,6 @@ def _download_with_bar(source):
             bar.refresh()
 
         return download(source, progress=progress)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark, run_click_benchmark, run_reference_comparison, run_supervoxel_benchmark
-
-    if args.reference:
-        precisions = [p.strip() for p in (args.precisions or args.precision).split(",") if p.strip()]
-        unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
-        if unknown or not precisions:
-            raise VISTA3DError(f"--precisions {args.precisions!r}: give fp32, fp16 or bf16, comma-separated.")
-        if args.window_batch < 1 or (args.gpu_memory is not None and args.gpu_memory <= 0):
-            raise VISTA3DError("--window-batch must be 1 or more and --gpu-memory more than 0 GiB.")
-        run_reference_comparison(args.input, args.phantom, args.labels, args.weights, args.device, precisions,
-                                 Path(args.output), Path(args.json), window_batch=args.window_batch,
-                                 gpu_memory_gib=args.gpu_memory, runtime=args.runtime)
-        return 0
-    if args.supervoxels:
-        run_supervoxel_benchmark(
-            args.supervoxels, args.sam_model, args.sam_weights, args.device, args.precision, Path(args.output)
-        )
-        return 0
-    if args.clicks:
-        run_click_benchmark(args.input, args.label, args.weights, args.device, args.precision, Path(args.output))
-        return 0
-    run_benchmark(
-        input_path=args.input,
-        labels=args.labels,
-        weights=args.weights,
-        device=args.device,
-        precision=args.precision,
-        repeats=args.repeats,
-        output=Path(args.output),
-    )
-    return 0
 
 
 if __name__ == "__main__":

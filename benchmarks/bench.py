@@ -1,4 +1,12 @@
-"""``vista3d bench``: how fast the engine runs on this machine, recorded in ``BENCHMARKS.md``.
+"""How fast and how lean the engine runs on this machine, recorded in ``BENCHMARKS.md``.
+
+Run from a checkout (it is not part of the installed package)::
+
+    python benchmarks/bench.py                       # a 128³ window and the example CT end to end
+    python benchmarks/bench.py --clicks              # clicks with and without the feature cache
+    python benchmarks/bench.py --supervoxels 128     # SAM supervoxels of a 128³ region: time, batch, peak memory
+    python benchmarks/bench.py --reference --phantom 333x333x603 --precisions fp32,bf16
+                                                     # ours against the bundle's pipeline (reference_pipeline.py)
 
 Speed goals live here, never in unit tests. Without ``--weights`` the network is
 ``vista3d132`` with random weights: the time of a window does not depend on the weights'
@@ -7,9 +15,10 @@ values, and it lets the benchmark run where the real weights cannot be downloade
 
 from __future__ import annotations
 
+import argparse
 import datetime
-from dataclasses import dataclass
 import os
+from dataclasses import dataclass
 import platform
 import resource
 import sys
@@ -17,15 +26,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .errors import VISTA3DError
-from .geometry import Image
+from VISTA3DSlicerLib.errors import VISTA3DError
+from VISTA3DSlicerLib.geometry import Image
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 #: The example CT the project's tests use, when ``../shared/data`` is beside the checkout.
-DEFAULT_INPUT = Path(__file__).resolve().parents[3] / "shared/data/totalsegmentator-example/example_ct_sm.nii.gz"
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/totalsegmentator-example/example_ct_sm.nii.gz"
 
 
 def run_benchmark(
@@ -40,11 +49,11 @@ def run_benchmark(
     """Time one 128³ window and one end-to-end segmentation; append the figures to ``output``."""
     import torch
 
-    from .engine import count_windows
-    from .io import read_image
-    from .labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
-    from .model import autocast
-    from .preprocessing import preprocess
+    from VISTA3DSlicerLib.engine import count_windows
+    from VISTA3DSlicerLib.io import read_image
+    from VISTA3DSlicerLib.labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
+    from VISTA3DSlicerLib.model import autocast
+    from VISTA3DSlicerLib.preprocessing import preprocess
 
     source = _source(input_path)
     label_ids = parse_label_prompt(labels)
@@ -108,8 +117,8 @@ def _source(input_path: Optional[str]) -> Path:
 
 def _engine(weights: Optional[str], device: str, precision: str):
     """The engine to time, and a note saying which weights it holds."""
-    from .engine import Engine
-    from .model import resolve_device
+    from VISTA3DSlicerLib.engine import Engine
+    from VISTA3DSlicerLib.model import resolve_device
 
     torch_device = resolve_device(device)
     note = str(weights) if weights else "random vista3d132 weights (seed 0)"
@@ -121,7 +130,7 @@ def _network(weights: Optional[str], device) -> "torch.nn.Module":
     vista3d132 with random weights from seed 0, the same in every process of a comparison."""
     import torch
 
-    from .model import build_network, load_network
+    from VISTA3DSlicerLib.model import build_network, load_network
 
     if weights:
         return load_network(weights, device)
@@ -145,9 +154,9 @@ def run_click_benchmark(
     """
     import numpy as np
 
-    from .interactive import Session
-    from .io import read_image
-    from .labels import find_label
+    from VISTA3DSlicerLib.interactive import Session
+    from VISTA3DSlicerLib.io import read_image
+    from VISTA3DSlicerLib.labels import find_label
 
     source = _source(input_path)
     label_id = find_label(label)
@@ -230,8 +239,8 @@ def run_supervoxel_benchmark(
     slice batch chosen from the memory free, its estimated and its measured peak; append to ``output``."""
     import torch
 
-    from .model import resolve_device
-    from .supervoxels import (
+    from VISTA3DSlicerLib.model import resolve_device
+    from VISTA3DSlicerLib.supervoxels import (
         FREE_MEMORY_SHARE, SLICE_BATCH, build_sam, choose_slice_batch, compute_supervoxels, estimate_memory,
         usable_host_memory,
     )
@@ -345,8 +354,8 @@ def run_reference_comparison(
 
     import numpy as np
 
-    from .labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
-    from .model import check_runtime, resolve_device
+    from VISTA3DSlicerLib.labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
+    from VISTA3DSlicerLib.model import check_runtime, resolve_device
 
     label_ids = parse_label_prompt(labels)
     validate_automatic_prompt(label_ids)
@@ -404,7 +413,7 @@ def _prepare_runtime(runtime: str, weights: Optional[str], precision: str, windo
     weights, then the runs read it from the cache), or None for PyTorch, which needs nothing."""
     if runtime == "torch":
         return None
-    from .engine import Engine
+    from VISTA3DSlicerLib.engine import Engine
 
     started = time.perf_counter()
     network = _network(weights, "cpu")  # the weights the timed runs build
@@ -417,7 +426,7 @@ def _comparison_input(input_path: Optional[str], phantom: Optional[str], folder:
 
     ``phantom`` is ``XxYxZ`` voxels at 0.8 mm (the issue's 333x333x603 and 512x512x512), or ``XxYxZ@S`` at S mm.
     """
-    from .io import image_to_sitk, read_image
+    from VISTA3DSlicerLib.io import image_to_sitk, read_image
 
     if phantom is None:
         source = _source(input_path)
@@ -462,7 +471,7 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     import numpy as np
     import torch
 
-    from .engine import _is_out_of_memory
+    from VISTA3DSlicerLib.engine import _is_out_of_memory
 
     device = torch.device(run.device)
     if run.gpu_memory_gib and device.type == "cuda":
@@ -483,13 +492,13 @@ def _measure(run: PipelineRun, labels_path: str) -> dict:
     figures: dict = {}
     try:
         if run.pipeline == "engine":
-            from .engine import Engine
-            from .io import read_image
+            from VISTA3DSlicerLib.engine import Engine
+            from VISTA3DSlicerLib.io import read_image
 
             engine = Engine(network, device, run.precision, window_batch=run.window_batch, runtime=run.runtime)
             labels = engine.segment(read_image(run.source), run.label_ids, progress=count_windows).array
         else:
-            from .reference import run_reference
+            from reference_pipeline import run_reference
 
             labels = run_reference(run.source, network, run.label_ids, device=device, precision=run.precision)
         _synchronize(device)
@@ -575,7 +584,8 @@ def _append_json(path: Path, results: list[dict]) -> None:
 
 
 def _command() -> str:
-    return "vista3d " + " ".join(sys.argv[1:]) if sys.argv and "vista3d" in sys.argv[0] else "vista3d bench"
+    return "python benchmarks/bench.py " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bench.py") \
+        else "python benchmarks/bench.py"
 
 
 def machine_description(device) -> str:
@@ -604,7 +614,7 @@ def _synchronize(device) -> None:
 
 
 HEADER = (
-    "# Benchmarks\n\nWritten by `vista3d bench` (each run appends a section). Timings are wall-clock "
+    "# Benchmarks\n\nWritten by `benchmarks/bench.py` (each run appends a section). Timings are wall-clock "
     "seconds on the machine named; speed goals live here, not in the tests.\n"
 )
 
@@ -622,3 +632,86 @@ def _append_section(
     header = "" if path.exists() else HEADER  # before open() creates the file
     with open(path, "a") as handle:
         handle.write(header + "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    from VISTA3DSlicerLib.model import PRECISIONS, RUNTIMES
+
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", help="CT to time end to end (default: the example CT in ../shared/data)")
+    parser.add_argument("--labels", default="1,3,5,6,10", help="classes for the end-to-end timing")
+    parser.add_argument("--weights", help="checkpoint; default: random vista3d132 weights (timing is the same)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--repeats", type=int, default=2, help="timed 128³ windows (after one warm-up)")
+    parser.add_argument("--output", default="BENCHMARKS.md", help="Markdown file the results are appended to")
+    parser.add_argument(
+        "--clicks", action="store_true",
+        help="time interactive clicks instead: first click, later clicks in a window already seen (feature "
+        "cache), a click in a new window, and the same clicks without the cache",
+    )
+    parser.add_argument("--label", default="liver", help="with --clicks: the class the clicks edit")
+    parser.add_argument(
+        "--supervoxels", type=int, metavar="SIZE",
+        help="time SAM supervoxels of a SIZE³ region instead (e.g. 128; a CPU takes minutes per 10 slices)",
+    )
+    parser.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+    parser.add_argument("--sam-weights", help="with --supervoxels: SAM checkpoint (default: random weights)")
+    parser.add_argument(
+        "--reference", action="store_true",
+        help="time ours against the reference pipeline (the bundle's MONAI components) on --input or --phantom, "
+        "each run in a fresh process, at each of --precisions; compare their labels",
+    )
+    parser.add_argument("--phantom", metavar="XxYxZ[@MM]", help="with --reference: a CT-like phantom (default 0.8 mm)")
+    parser.add_argument("--precisions", default=None,
+                        help="with --reference: comma-separated, e.g. fp32,bf16 (default: --precision)")
+    parser.add_argument("--json", default="BENCHMARKS.json", help="with --reference: JSON file the results are added to")
+    parser.add_argument("--window-batch", type=int, default=1, metavar="N",
+                        help="with --reference: our engine runs N windows per network call (default 1)")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="with --reference: what runs our engine's windows (openvino: CPU only)")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="with --reference: let each run allocate at most GIB on the GPU (e.g. 8, an 8 GB card)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark the arguments ask for; a ``VISTA3DError`` is one line and exit status 1."""
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except VISTA3DError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    from VISTA3DSlicerLib.model import PRECISIONS
+
+    if args.reference:
+        precisions = [p.strip() for p in (args.precisions or args.precision).split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown or not precisions:
+            raise VISTA3DError(f"--precisions {args.precisions!r}: give fp32, fp16 or bf16, comma-separated.")
+        if args.window_batch < 1 or (args.gpu_memory is not None and args.gpu_memory <= 0):
+            raise VISTA3DError("--window-batch must be 1 or more and --gpu-memory more than 0 GiB.")
+        run_reference_comparison(args.input, args.phantom, args.labels, args.weights, args.device, precisions,
+                                 Path(args.output), Path(args.json), window_batch=args.window_batch,
+                                 gpu_memory_gib=args.gpu_memory, runtime=args.runtime)
+    elif args.supervoxels:
+        run_supervoxel_benchmark(
+            args.supervoxels, args.sam_model, args.sam_weights, args.device, args.precision, Path(args.output)
+        )
+    elif args.clicks:
+        run_click_benchmark(args.input, args.label, args.weights, args.device, args.precision, Path(args.output))
+    else:
+        run_benchmark(input_path=args.input, labels=args.labels, weights=args.weights, device=args.device,
+                      precision=args.precision, repeats=args.repeats, output=Path(args.output))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ BENCHMARKS.md.
 ``--source DIR`` imports the module and its library from another checkout (``git worktree add DIR
 COMMIT``), to measure the code before a change against the code after it.
 
-    .venv/bin/python Testing/Benchmarks/export_memory.py --size 512 --segments 117
+    .venv/bin/python benchmarks/export_memory.py --size 512 --segments 117
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_bytes() -> int:

@@ -1,6 +1,7 @@
 """The reference pipeline: the VISTA3D bundle's ``configs/inference.json`` wired with MONAI components.
 
-The tests' oracle and what ``vista3d bench`` times the engine against. This follows the reference doc §5 step by step (LoadImaged with nibabel, Spacing, crop to
+The tests' oracle and what ``benchmarks/bench.py --reference`` times the engine against; it lives
+outside the installed package. This follows the reference doc §5 step by step (LoadImaged with nibabel, Spacing, crop to
 HU > 0, VistaPreTransformd, intensity scaling, RAS, the bundle inferer's sliding window,
 VistaPostTransformd, Invertd with nearest, NaN -> 255). It is deliberately written out as
 the bundle wires it, independent of the engine's code, so that the engine can be checked
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .model import autocast
+from VISTA3DSlicerLib.model import autocast
 
 if TYPE_CHECKING:
     import torch
