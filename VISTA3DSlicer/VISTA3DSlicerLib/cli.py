@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from .batch import BatchResult, run_batch
 from .errors import Cancelled, VISTA3DError
-from .model import RUNTIMES
+from .model import PRECISIONS, RUNTIMES
 from .progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--weights", help="checkpoint file (default: $VISTA3D_WEIGHTS, else the download)")
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-        command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+        command.add_argument("--precision", default="fp32", choices=PRECISIONS)
         command.add_argument(
             "--runtime", default="torch", choices=RUNTIMES,
             help="what runs automatic segmentation: torch (default; reproduces the reference) or openvino "
@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sam_options(supervoxels)
     supervoxels.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    supervoxels.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    supervoxels.add_argument("--precision", default="fp32", choices=PRECISIONS)
     supervoxels.add_argument("--overwrite", action="store_true", help="replace an output that exists")
     supervoxels.set_defaults(run=_supervoxels)
 
@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     zeroshot.add_argument("--weights", help="VISTA3D checkpoint (default: $VISTA3D_WEIGHTS, else the download)")
     zeroshot.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    zeroshot.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    zeroshot.add_argument("--precision", default="fp32", choices=PRECISIONS)
     zeroshot.add_argument("--overwrite", action="store_true", help="replace an output that exists")
     sam_options(zeroshot)
     zeroshot.set_defaults(run=_zeroshot, clicks=[], runtime="torch")  # clicks run in PyTorch

@@ -33,8 +33,8 @@ import numpy as np
 from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
-from .memory import gpu_memory_available, host_memory_available
-from .preprocessing import SPACING_MM, Preprocessed, preprocess
+from .memory import GIB, gpu_memory_available, host_memory_available
+from .preprocessing import SPACING_MM, WINDOW, Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 from .sliding_window import WindowGrid, stitch_in_slabs
 
@@ -45,12 +45,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Sliding-window settings the bundle's ``SlidingWindowInfererAdapt`` runs with (reference doc §5.4 B):
-#: the configured overlap 0.3 never reaches it, so its defaults apply.
-WINDOW = 128
+#: Overlap of the sliding windows, as the bundle's ``SlidingWindowInfererAdapt`` runs (reference doc
+#: §5.4 B): the configured overlap 0.3 never reaches it, so its default applies.
 OVERLAP = 0.25
-
-GIB = 2**30
 #: About how many stitched voxels become labels at once (117 classes' logits: 117 MiB).
 LOGIT_CHUNK_VOXELS = 2**18
 

@@ -12,30 +12,23 @@ held is bounded by ``budget_bytes``; the least recently used entries go first.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Hashable, Optional
+
+from .memory import GIB, gpu_memory_available, host_memory_total
 
 if TYPE_CHECKING:
     import torch
 
-GIB = 1024**3
 #: Device memory left free for the network's own activations when deciding where to keep an entry.
 DEVICE_RESERVE_BYTES = 2 * GIB
 
 
 def default_budget(device: "torch.device") -> int:
     """A cache size that leaves the machine usable: 40% of free GPU memory, or 25% of RAM, at most 8 GiB."""
-    import torch
-
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(min(8 * GIB, 0.4 * free))
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: assume a modest workstation
-        ram = 16 * GIB
-    return int(min(8 * GIB, 0.25 * ram))
+        return int(min(8 * GIB, 0.4 * gpu_memory_available(device)))
+    return int(min(8 * GIB, 0.25 * host_memory_total()))
 
 
 def tensor_bytes(tensor: "torch.Tensor") -> int:

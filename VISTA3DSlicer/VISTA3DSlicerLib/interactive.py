@@ -45,7 +45,7 @@ from . import labels as label_table
 from .errors import VISTA3DError
 from .feature_cache import FeatureCache, default_budget
 from .geometry import Image, bounding_box
-from .preprocessing import preprocess
+from .preprocessing import WINDOW, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WINDOW = 128
 #: Logit the network uses for "no prompt, nothing here" (VISTA3D.NINF_VALUE).
 NO_PREDICTION = -9999.0
 #: Logit magnitude that stands for the structure's existing mask when it is given as ``prev_mask``.
@@ -145,16 +144,6 @@ class Session:
                 torch_pad += [before, total - before]
             self._padded = torch.nn.functional.pad(volume, torch_pad, mode="constant", value=0.0)
         self.image = image
-
-    def replace_image(self, image: Image) -> None:
-        """Use another image, or the same one after any edit of its voxels or geometry.
-
-        Everything cached from the old one is dropped. The session cannot see edits made to an
-        array in place, so whoever changes the image calls this (a viewer, when its volume is
-        modified).
-        """
-        self.cache.clear()
-        self._prepare(image)
 
     # -- clicks in the user's coordinates -----------------------------------------------------------
 

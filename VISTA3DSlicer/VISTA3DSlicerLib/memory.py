@@ -5,10 +5,13 @@ Slicer imports the library at start-up, so nothing here imports torch at module 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
+
+GIB = 2**30
 
 
 def host_memory_available() -> Optional[int]:
@@ -27,6 +30,25 @@ def host_memory_available() -> Optional[int]:
     except OSError:
         pass
     return None  # Windows or macOS without psutil
+
+
+def host_memory_total() -> int:
+    """Bytes of RAM this machine has (a modest workstation's 16 GiB where the system does not say)."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().total)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows without psutil
+        return 16 * GIB
+
+
+def format_bytes(count: int) -> str:
+    """``12.3 GB`` or ``456 MB``, for messages."""
+    return f"{count / GIB:.1f} GB" if count >= GIB else f"{count / 2**20:.0f} MB"
 
 
 def gpu_memory_available(device: "torch.device") -> int:

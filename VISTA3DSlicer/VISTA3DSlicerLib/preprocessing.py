@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 #: Target voxel size of the network, mm.
 SPACING_MM = 1.5
+#: Side of the network's windows, voxels of SPACING_MM: automatic segmentation slides them over the
+#: volume, a click runs the one centred on it (the bundle's roi_size).
+WINDOW = 128
 #: Foreground crop: voxels above 0 HU, with this margin in voxels.
 CROP_MARGIN = 10
 #: Intensity window mapped to [0, 1] (bundle ``ScaleIntensityRanged``, clipped).

@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import VISTA3DError
 from .geometry import Image
-from .memory import gpu_memory_available, host_memory_available
+from .memory import format_bytes, gpu_memory_available, host_memory_available
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
@@ -397,7 +397,7 @@ def choose_slice_batch(
     where = " on the GPU" if on_gpu else ""
     logger.info(
         "SAM runs %d slice(s) at a time: about %s a slice in %s, %s free%s",
-        batch, _format_bytes(estimate.slice_bytes), estimate.precision, _format_bytes(sam_free), where,
+        batch, format_bytes(estimate.slice_bytes), estimate.precision, format_bytes(sam_free), where,
     )
     return batch
 
@@ -414,8 +414,8 @@ def _sam_refusal(estimate: SupervoxelMemory, needed: int, free: int, on_gpu: boo
         remedies.append("use bf16 precision (about half of SAM's memory)")
     remedies.append("free GPU memory" if on_gpu else "use a GPU")
     return (
-        f"{_asked(estimate)} need about {_format_bytes(needed)}{where} even one slice at a time (SAM's image "
-        f"encoder takes about {_format_bytes(estimate.slice_bytes)} a slice), but only {_format_bytes(free)} "
+        f"{_asked(estimate)} need about {format_bytes(needed)}{where} even one slice at a time (SAM's image "
+        f"encoder takes about {format_bytes(estimate.slice_bytes)} a slice), but only {format_bytes(free)} "
         f"is free{where}. {', '.join(remedies[:-1])}, or {remedies[-1]}."
     )
 
@@ -423,14 +423,10 @@ def _sam_refusal(estimate: SupervoxelMemory, needed: int, free: int, on_gpu: boo
 def _region_refusal(estimate: SupervoxelMemory, needed: int, free: int, clustering: bool) -> str:
     work = f"hold SAM's {estimate.channels}-channel feature volume" + (" and cluster it (SLIC)" if clustering else "")
     return (
-        f"{_asked(estimate)} need about {_format_bytes(needed)} to {work}, but only {_format_bytes(free)} is "
+        f"{_asked(estimate)} need about {format_bytes(needed)} to {work}, but only {format_bytes(free)} is "
         "free. Ask for supervoxels of a smaller region (around the points rather than the whole volume), "
         "close other programs, or use a machine with more memory."
     )
-
-
-def _format_bytes(count: int) -> str:
-    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
 
 
 # ------------------------------------------------------------------------------------- clustering
