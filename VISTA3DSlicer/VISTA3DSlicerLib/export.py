@@ -45,10 +45,10 @@ COLOUR_TABLE_COLUMNS: tuple[str, ...] = ("LabelValue", "Name", "Color_R", "Color
     f"{prefix}_{field}" for prefix, _ in _CODE_FIELDS for field in ("CodingScheme", "CodeValue", "CodeMeaning")
 )
 
-# Where each code sits among the seven "~"-separated parts of a Slicer TerminologyEntry tag
-# (context~category~type~typeModifier~regionContext~region~regionModifier); parts 0 and 4 are
-# context names, which the colour table has no column for.
-_TERMINOLOGY_TAG_FIELDS = ((1, "category"), (2, "type"), (3, "type_modifier"), (5, "region"), (6, "region_modifier"))
+# The LabelInfo field of each code of a Slicer TerminologyEntry tag, by the key slicerio's parser
+# gives it (the context names, the tag's other parts, have no column in the colour table).
+_TERMINOLOGY_KEYS = (("category", "category"), ("type", "type"), ("type_modifier", "typeModifier"),
+                     ("region", "anatomicRegion"), ("region_modifier", "anatomicRegionModifier"))
 
 
 @dataclass(frozen=True)
@@ -198,14 +198,18 @@ def _segment_label_info(segment: ExportSegment, label_id: int) -> LabelInfo:
 
 
 def _terminology_codes(entry: str) -> Optional[dict[str, Optional[Code]]]:
-    """The codes of a ``TerminologyEntry`` tag by ``LabelInfo`` field; ``None`` when the tag is
-    malformed or lacks a category or type (Slicer writes ``^^`` for an absent code)."""
-    parts = entry.split("~")
-    if len(parts) != 7:
+    """The codes of a ``TerminologyEntry`` tag by ``LabelInfo`` field, read with slicerio's parser;
+    ``None`` when the tag is malformed or lacks a category or type (Slicer writes ``^^`` for an
+    absent code)."""
+    from slicerio.segmentation import terminology_entry_from_string
+
+    try:
+        parsed = terminology_entry_from_string(entry)
+    except IndexError:  # fewer than Slicer's seven "~"-separated parts
         return None
     codes: dict[str, Optional[Code]] = {}
-    for index, field in _TERMINOLOGY_TAG_FIELDS:
-        triplet = [item.strip() for item in parts[index].split("^")]
+    for field, key in _TERMINOLOGY_KEYS:
+        triplet = [item.strip() for item in parsed.get(key, ("", "", ""))]
         if len(triplet) != 3 or (any(triplet) and not all(triplet)):
             return None
         codes[field] = Code(*triplet) if all(triplet) else None
