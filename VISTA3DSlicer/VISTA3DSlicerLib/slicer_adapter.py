@@ -344,6 +344,7 @@ def add_segment(segmentation_node, name: str, label: int, reference_volume_node)
 
     info = labels.label_info(label)
     segmentation = segmentation_node.GetSegmentation()
+    # Refused now, before a segment is added, if the segments could not be written on the volume's grid.
     _grid_in_segmentation_frame(ijk_to_ras(reference_volume_node), reference_volume_node, segmentation_node)
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     segment_id = segmentation.AddEmptySegment("", name, [channel / 255.0 for channel in info.color])
