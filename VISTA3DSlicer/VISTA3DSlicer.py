@@ -486,7 +486,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateWeightsStatus(self, *args) -> None:
         model = self._weightsModel()
-        status = weights_status(model, self._chosenWeights(model.source_key))
+        status = weights_status(model, self._chosenWeights(model.model))
         self.ui.weightsStatusLabel.text = status.text
         self.ui.downloadWeightsButton.enabled = not status.ready
         self.ui.deleteWeightsButton.enabled = status.in_cache
@@ -543,7 +543,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Checkpoint of {title}").format(title=model.title), "",
                                               _("PyTorch checkpoints (*.pt *.pth *.safetensors);;All files (*)"))
         if path:
-            qt.QSettings().setValue(WEIGHTS_SETTING.format(key=model.source_key), path)
+            qt.QSettings().setValue(WEIGHTS_SETTING.format(key=model.model), path)
             self._updateWeightsStatus()
 
     def onOpenWeightsFolder(self) -> None:
@@ -703,11 +703,11 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         with reportingErrors(_("Could not compute supervoxels."), waitCursor=False):
             self._installDependencies()
-            samWeights = self._chosenWeights("vit_b")
+            samWeights = self._chosenWeights("sam_vit_b")
             self._runningJob = self.logic.computeSupervoxels(
                 parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self._targetSegmentId(),
                 device=parameters.device, precision=parameters.precision, samWeights=samWeights,
-                allowDownload=self._downloadAllowed(self.logic.missingWeights(samWeights, "vit_b")),
+                allowDownload=self._downloadAllowed(self.logic.missingWeights(samWeights, "sam_vit_b")),
                 waitForCompletion=False, progress=self._showProgress,
                 onDone=self._onSupervoxels, onError=self._onJobFailed)
         self._updateButtons()
@@ -762,16 +762,20 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             allowDownload = self._downloadAllowed(self.logic.missingWeights(weights))
             self._batchCancel = CancelToken()
             self._updateButtons()
+            outputFolder = self.ui.batchOutputPathLineEdit.currentPath or None
             try:
                 report = self.logic.segmentVolumes(
-                    volumeNodes, self._selection.ids, device=parameters.device, precision=parameters.precision,
-                    runtime=parameters.runtime, weights=weights, allowDownload=allowDownload,
-                    progress=self._showProgress, cancel=self._batchCancel)
+                    volumeNodes, self._selection.ids, outputFolder, device=parameters.device,
+                    precision=parameters.precision, runtime=parameters.runtime, weights=weights,
+                    allowDownload=allowDownload, progress=self._showProgress, cancel=self._batchCancel)
             finally:
                 self._batchCancel = None
                 self._finishJob()
-            self.ui.batchReportLabel.text = report.summary()
-            self.ui.statusLabel.text = report.summary()
+            summary = report.summary()
+            if outputFolder:
+                summary += " " + _("Files and vista3d_summary.csv: {folder}").format(folder=outputFolder)
+            self.ui.batchReportLabel.text = summary
+            self.ui.statusLabel.text = summary
 
     # -- export -------------------------------------------------------------------------------
 
@@ -929,29 +933,39 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
         self._requireDependencies(runtime)
-        labelIds = self._labelIds(labelPrompt)
-        labels.validate_automatic_prompt(labelIds)
+        labelIds = labels.automatic_prompt(labelPrompt)
         replaced = self.segmentsToReplace(segmentationNode, labelIds) if segmentationNode is not None else []
         if replaced and not replaceExisting:
             raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
                                  "segmentation, or agree to replace them (replaceExisting=True).").format(
                                      names=namesInShort(replaced)))
         image = slicer_adapter.image_from_volume_node(volumeNode)
+        job = self._labelmapJob(labelIds, weights, device, precision, runtime, allowDownload)
+        return self._run(lambda report, cancel: job(image, report, cancel), name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
+                         progress=progress, onDone=onDone, onError=onError, cancel=cancel,
+                         apply=lambda labelmap: self._showLabelmap(labelmap, volumeNode, segmentationNode))
+
+    def _labelmapJob(self, labelIds: list[int], weights, device: str, precision: str, runtime: str,
+                     allowDownload: bool) -> Callable:
+        """The worker's part of segmenting: ``job(image, progress, cancel)`` gives the labelmap of ``image``.
+        A checkpoint it may download is downloaded by its first call."""
         settingsOf = self._engineSettings(weights, device, precision, runtime, allowDownload)[1]
+        settings = []
 
-        def work(report, cancel):
-            engine = self._engines.get(settingsOf(report, cancel))
-            return engine.segment(image, labelIds, progress=report, cancel=cancel)
+        def job(image, report, cancel):
+            if not settings:
+                settings.append(settingsOf(report, cancel))
+            return self._engines.get(settings[0]).segment(image, labelIds, progress=report, cancel=cancel)
 
-        def apply(labelmap):
-            target = segmentationNode or self.newSegmentationNode(volumeNode)
-            if not slicer_adapter.labelmap_to_segmentation(labelmap, target, volumeNode):
-                logging.warning("VISTA3D found none of the requested structures in %s", volumeNode.GetName())
-            self.forgetEdits()  # the segments changed under the click editor
-            return target
+        return job
 
-        return self._run(work, name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
-                         progress=progress, onDone=onDone, onError=onError, apply=apply, cancel=cancel)
+    def _showLabelmap(self, labelmap, volumeNode, segmentationNode=None) -> vtkMRMLSegmentationNode:
+        """Segments of ``labelmap`` into ``segmentationNode`` (None: a new one beside ``volumeNode``)."""
+        target = segmentationNode or self.newSegmentationNode(volumeNode)
+        if not slicer_adapter.labelmap_to_segmentation(labelmap, target, volumeNode):
+            logging.warning("VISTA3D found none of the requested structures in %s", volumeNode.GetName())
+        self.forgetEdits()  # the segments changed under the click editor
+        return target
 
     def segmentsToReplace(self, segmentationNode: vtkMRMLSegmentationNode,
                           labelPrompt: Union[list[Union[str, int]], str, None]) -> list[str]:
@@ -962,20 +976,37 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             [(segmentation.GetNthSegment(i).GetName(),
               slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)))
              for i in range(segmentation.GetNumberOfSegments())],
-            self._labelIds(labelPrompt),
+            labels.automatic_prompt(labelPrompt),
         )
 
-    def segmentVolumes(self, volumeNodes: list, labelPrompt, *, progress: Optional[ProgressCallback] = None,
-                       cancel: Optional[CancelToken] = None, **options):
-        """Segment each volume into its own new segmentation; a failing volume is reported and
-        skipped, cancel stops after the current window. ``options`` are ``segment``'s. Returns a
-        ``batch.BatchReport``."""
-        from VISTA3DSlicerLib.batch import run_batch
+    def segmentVolumes(self, volumeNodes: list, labelPrompt, outputFolder: Union[str, Path, None] = None, *,
+                       outputFormat: str = "seg.nrrd", overwrite: bool = False, device: str = "auto",
+                       precision: str = "fp32", runtime: str = "torch", weights: Union[str, Path, None] = None,
+                       allowDownload: bool = False, progress: Optional[ProgressCallback] = None,
+                       cancel: Optional[CancelToken] = None):
+        """Segment each volume into a new segmentation of its own, with the batch workflow of
+        ``vista3d batch`` (``VISTA3DSlicerLib.batch``): a failing volume is reported and the batch goes
+        on; cancel stops after the current window. With ``outputFolder``, each labelmap is also saved
+        there as ``<volume name>.<outputFormat>`` with ``vista3d_summary.csv``, and volumes whose file
+        is there already are skipped (unless ``overwrite``), so that a batch run again finishes what an
+        interrupted one started. The other options are ``segment``'s. Returns a ``batch.BatchReport``."""
+        from VISTA3DSlicerLib.batch import segment_cases, volume_cases
 
-        def process(volumeNode, report, token):
-            self.segment(volumeNode, labelPrompt, None, progress=report, cancel=token, **options)
+        self._requireDependencies(runtime)
+        labelIds = labels.automatic_prompt(labelPrompt)
+        cases = volume_cases([node.GetName() for node in volumeNodes],
+                             [lambda node=node: slicer_adapter.image_from_volume_node(node) for node in volumeNodes])
+        volumeOf = {case.name: node for case, node in zip(cases, volumeNodes)}
+        job = self._labelmapJob(labelIds, weights, device, precision, runtime, allowDownload)
 
-        return run_batch(volumeNodes, process, name=lambda node: node.GetName(), progress=progress, cancel=cancel)
+        def segment(case, image, report, token):
+            return self._run(lambda r, c: job(image, r, c), name=f"Segmenting {case.source}", progress=report,
+                             cancel=token)
+
+        return segment_cases(
+            cases, segment, out_dir=Path(outputFolder) if outputFolder else None, output_format=outputFormat,
+            overwrite=overwrite, progress=progress, cancel=cancel,
+            on_labelmap=lambda case, labelmap: self._showLabelmap(labelmap, volumeOf[case.name]))
 
     def newSegmentationNode(self, volumeNode) -> vtkMRMLSegmentationNode:
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
@@ -1151,15 +1182,15 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             raise VISTA3DError(_("Place a point on the structure first; supervoxels are computed for its volume."))
         editor = session.editor
         box = editor.snap_box(segmentId, SUPERVOXEL_MARGIN) if segmentId else None
-        samPathOf = self._checkpoint(lambda: weights.resolve_sam_weights(samWeights, samKind),
-                                     weights.SAM_SOURCES[samKind], allowDownload)[1]
+        samModel = f"sam_{samKind}"
+        samPathOf = self._checkpoint(lambda: weights.resolve(samModel, samWeights), weights.source_for(samModel),
+                                     allowDownload)[1]
 
         def work(report, cancel):
-            from VISTA3DSlicerLib.model import resolve_device
-            from VISTA3DSlicerLib.supervoxels import build_sam, compute_supervoxels
+            from VISTA3DSlicerLib.supervoxels import compute_supervoxels
+            from VISTA3DSlicerLib.zero_shot import load_sam
 
-            torchDevice = resolve_device(device)
-            sam = build_sam(samKind, str(samPathOf(report, cancel)), torchDevice)
+            sam, torchDevice = load_sam(samKind, samPathOf(report, cancel), device)
             supervoxels = compute_supervoxels(sam, editor.session.image, box, device=torchDevice,
                                               precision=precision, progress=report, cancel=cancel)
             editor.set_supervoxels(supervoxels)
@@ -1210,18 +1241,16 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     # -- weights and engine -------------------------------------------------------------------
 
-    def missingWeights(self, weights: Union[str, Path, None] = None, samKind: Optional[str] = None):
-        """The ``weights.WeightsSource`` that ``allowDownload`` would download (VISTA3D's, or SAM
-        ``samKind``'s), or None when the checkpoint is here (or a file was named)."""
+    def missingWeights(self, weights: Union[str, Path, None] = None, model: str = "vista3d"):
+        """The ``weights.WeightsSource`` that ``allowDownload`` would download for ``model`` (one of
+        ``weights.MODELS``: "vista3d", "sam_vit_b", ...), or None when its checkpoint is here (or a
+        file was named)."""
         from VISTA3DSlicerLib import weights as weightsLib
 
         try:
-            if samKind is None:
-                weightsLib.resolve_weights(weights)
-            else:
-                weightsLib.resolve_sam_weights(weights, samKind)
+            weightsLib.resolve(model, weights)
         except weightsLib.WeightsNotFoundError:
-            return weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE] if samKind is None else weightsLib.SAM_SOURCES[samKind]
+            return weightsLib.source_for(model)
         return None
 
     def downloadWeights(self, source, *, waitForCompletion=True, progress=None, onDone=None, onError=None):
@@ -1261,8 +1290,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         with other settings is dropped now, so that its network can be freed before the next loads."""
         from VISTA3DSlicerLib import weights as weightsLib
 
-        path, pathOf = self._checkpoint(lambda: weightsLib.resolve_weights(weights),
-                                        weightsLib.SOURCES[weightsLib.DEFAULT_SOURCE], allowDownload)
+        path, pathOf = self._checkpoint(lambda: weightsLib.resolve("vista3d", weights), weightsLib.source_for("vista3d"),
+                                        allowDownload)
         settings = EngineSettings(path, device, precision, runtime) if path is not None else None
         if self._clickSession is not None and self._clickSession.settings != settings:
             self._clickSession = None
@@ -1322,15 +1351,6 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             askConfirmation=False, torchVersionRequirement=str(Requirement(requirement).specifier))
         if torch is None:
             raise VISTA3DError(_("PyTorch was not installed, and VISTA3D cannot run without it."))
-
-    @staticmethod
-    def _labelIds(labelPrompt: Union[list[Union[str, int]], str, None]) -> list[int]:
-        """VISTA3D IDs of a prompt; None means everything."""
-        if labelPrompt is None:
-            return list(labels.EVERYTHING)
-        if isinstance(labelPrompt, str):
-            return labels.parse_label_prompt(labelPrompt)
-        return [labels.find_label(label) for label in labelPrompt]
 
 
 #

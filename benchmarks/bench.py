@@ -51,13 +51,12 @@ def run_benchmark(
 
     from VISTA3DSlicerLib.engine import count_windows
     from VISTA3DSlicerLib.io import read_image
-    from VISTA3DSlicerLib.labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
+    from VISTA3DSlicerLib.labels import automatic_prompt, expand_subclasses
     from VISTA3DSlicerLib.model import autocast
     from VISTA3DSlicerLib.preprocessing import preprocess
 
     source = _source(input_path)
-    label_ids = parse_label_prompt(labels)
-    validate_automatic_prompt(label_ids)
+    label_ids = automatic_prompt(labels)
     engine, weights_note = _engine(weights, device, precision)
     torch_device = engine.device
     class_vector = torch.as_tensor(expand_subclasses(label_ids), device=torch_device).unsqueeze(-1)
@@ -354,11 +353,10 @@ def run_reference_comparison(
 
     import numpy as np
 
-    from VISTA3DSlicerLib.labels import expand_subclasses, parse_label_prompt, validate_automatic_prompt
+    from VISTA3DSlicerLib.labels import automatic_prompt, expand_subclasses
     from VISTA3DSlicerLib.model import check_runtime, resolve_device
 
-    label_ids = parse_label_prompt(labels)
-    validate_automatic_prompt(label_ids)
+    label_ids = automatic_prompt(labels)
     classes = len(expand_subclasses(label_ids)) if label_ids is not None else 117
     torch_device = resolve_device(device)
     check_runtime(runtime, torch_device)
@@ -579,8 +577,8 @@ def _append_json(path: Path, results: list[dict]) -> None:
     """Add ``results`` to the JSON list in ``path`` (created if missing)."""
     import json
 
-    earlier = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps(earlier + results, indent=1) + "\n")
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    path.write_text(json.dumps(earlier + results, indent=1) + "\n", encoding="utf-8")
 
 
 def _command() -> str:
@@ -630,7 +628,7 @@ def _append_section(
         lines.append(context)
     lines += ["", "| measure | value |", "|---|---|"] + [f"| {measure} | {value} |" for measure, value in rows]
     header = "" if path.exists() else HEADER  # before open() creates the file
-    with open(path, "a") as handle:
+    with open(path, "a", encoding="utf-8") as handle:
         handle.write(header + "\n".join(lines) + "\n")
 
 

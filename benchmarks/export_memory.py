@@ -69,7 +69,7 @@ def main() -> None:
     from headless_slicer import HeadlessSlicer, installed, volume_from_array
 
     revision = subprocess.run(["git", "-C", str(args.source), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()
+                              capture_output=True, encoding="utf-8", errors="replace").stdout.strip()
     with tempfile.TemporaryDirectory() as folder, installed(HeadlessSlicer(None), Path(folder)) as slicer:
         import VISTA3DSlicer
         from VISTA3DSlicerLib import labels, slicer_adapter

@@ -124,3 +124,95 @@ def test_the_batch_token_reaches_process():
 )
 def test_summary(results, summary):
     assert BatchReport(results).summary() == summary
+
+
+# ---------------------------------------------------------------- the workflow: cases into a folder
+
+
+def _labelled(image):
+    """A labelmap that shows which input it came from: every voxel 1, the input's shape."""
+    import numpy as np
+
+    return image.with_array(np.ones(image.shape, dtype=np.uint8))
+
+
+def _cases(names, shapes=None):
+    import numpy as np
+
+    from VISTA3DSlicerLib.batch import volume_cases
+    from VISTA3DSlicerLib.geometry import Image
+
+    shapes = shapes or {name: (4, 5, 6) for name in names}
+    return volume_cases(names, [lambda name=name: Image(np.zeros(shapes[name], np.int16), np.eye(4))
+                                for name in names])
+
+
+def _summary(folder):
+    import csv
+
+    from VISTA3DSlicerLib.batch import SUMMARY_NAME
+
+    with open(folder / SUMMARY_NAME, newline="", encoding="utf-8") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def test_volume_cases_are_named_for_files_and_never_share_an_output():
+    cases = _cases(["CT", "ct", "a/b: c?", "..", "liver"])
+    assert [case.name for case in cases] == ["CT_1", "ct_2", "a_b_ c_", "volume", "liver"]
+    assert [case.source for case in cases] == ["CT", "ct", "a/b: c?", "..", "liver"]
+
+
+def test_cases_into_a_folder_write_labelmaps_and_a_summary_and_a_rerun_skips_them(tmp_path):
+    import nibabel as nib
+
+    from VISTA3DSlicerLib.batch import segment_cases
+
+    seen = []
+    cases = _cases(["a", "b"], {"a": (4, 5, 6), "b": (7, 5, 6)})
+    report = segment_cases(cases, lambda case, image, progress, cancel: _labelled(image), out_dir=tmp_path,
+                           on_labelmap=lambda case, labelmap: seen.append((case.name, labelmap.shape)))
+    assert statuses(report) == {"a": "done", "b": "done"}
+    assert seen == [("a", (4, 5, 6)), ("b", (7, 5, 6))]
+    assert nib.load(tmp_path / "a.nii.gz").shape == (4, 5, 6) and nib.load(tmp_path / "b.nii.gz").shape == (7, 5, 6)
+    assert {case: row["status"] for case, row in _summary(tmp_path).items()} == {"a": "done", "b": "done"}
+
+    (tmp_path / "b.nii.gz").unlink()  # a batch killed before b: run again, it finishes b only
+    again = segment_cases(cases, lambda case, image, progress, cancel: _labelled(image), out_dir=tmp_path)
+    assert statuses(again) == {"a": "skipped", "b": "done"}
+    rows = _summary(tmp_path)
+    assert rows["a"]["status"] == "skipped" and "done in an earlier run" in rows["a"]["message"]
+
+
+def test_a_model_that_does_not_load_stops_the_batch_once_and_the_summary_keeps_what_was_done(tmp_path):
+    from VISTA3DSlicerLib.batch import StopBatch, segment_cases
+
+    calls = []
+
+    def segment(case, image, progress, cancel):
+        calls.append(case.name)
+        if case.name == "b":
+            raise StopBatch() from VISTA3DError("The checkpoint is damaged: download it again.")
+        return _labelled(image)
+
+    with pytest.raises(VISTA3DError, match="checkpoint is damaged"):
+        segment_cases(_cases(["a", "b", "c"]), segment, out_dir=tmp_path)
+    assert calls == ["a", "b"]  # not tried again for c
+    assert {case: row["status"] for case, row in _summary(tmp_path).items()} == {"a": "done"}
+
+
+def test_without_a_folder_nothing_is_written_and_nothing_is_skipped(tmp_path, monkeypatch):
+    from VISTA3DSlicerLib.batch import segment_cases
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    report = segment_cases(_cases(["a"]), lambda case, image, progress, cancel: _labelled(image),
+                           on_labelmap=lambda case, labelmap: seen.append(case.name))
+    assert statuses(report) == {"a": "done"} and seen == ["a"] and list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_output_format_is_refused_before_anything_runs(tmp_path):
+    from VISTA3DSlicerLib.batch import segment_cases
+
+    with pytest.raises(VISTA3DError, match="choose one of nii.gz, nrrd, seg.nrrd, mha"):
+        segment_cases(_cases(["a"]), lambda *args: pytest.fail("ran"), out_dir=tmp_path, output_format="png")
+    assert list(tmp_path.iterdir()) == []

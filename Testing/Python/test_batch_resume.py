@@ -17,7 +17,7 @@ import pytest
 from PIL import Image as PILImage
 
 from VISTA3DSlicerLib import cli
-from VISTA3DSlicerLib.cli import SUMMARY_NAME
+from VISTA3DSlicerLib.batch import SUMMARY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ("case_a", "case_b", "case_c")
@@ -55,7 +55,7 @@ def labelmaps(folder: Path) -> list[Path]:
 
 
 def summary(folder: Path) -> dict[str, dict]:
-    with open(folder / SUMMARY_NAME, newline="") as handle:
+    with open(folder / SUMMARY_NAME, newline="", encoding="utf-8") as handle:
         return {row["case"]: row for row in csv.DictReader(handle)}
 
 
@@ -96,7 +96,7 @@ def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, cases, 
         else:
             process.kill()
         process.wait()
-    assert process.returncode == -signal.SIGKILL, f"the batch was not killed mid-run:\n{log_path.read_text()}"
+    assert process.returncode == -signal.SIGKILL, f"the batch was not killed mid-run:\n{log_path.read_text(encoding='utf-8')}"
 
     finished = {path.name: path.stat().st_mtime_ns for path in labelmaps(out_dir)}
     assert 2 <= len(finished) < len(CASES)
@@ -112,7 +112,7 @@ def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, cases, 
     unfinished = [case for case in CASES if f"{case}.nii.gz" not in finished]
     (out_dir / f"{unfinished[0]}_preview.png").write_bytes(b"left by the killed run")
 
-    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=DEADLINE_S)
+    resumed = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=DEADLINE_S)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(unfinished)} done, {len(finished)} skipped, 0 failed" in resumed.stdout
     assert {name: (out_dir / name).stat().st_mtime_ns for name in finished} == finished  # not redone
@@ -128,7 +128,7 @@ def test_a_killed_batch_resumes_without_redoing_finished_cases(tmp_path, cases, 
         assert f"done in an earlier run in {row['seconds']} s" in rows[case]["message"]
 
     # Once more (no model is loaded: every case is skipped): the notes carry over, from either run.
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=DEADLINE_S)
+    again = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=DEADLINE_S)
     assert again.returncode == 0 and f"0 done, {len(CASES)} skipped, 0 failed" in again.stdout, again.stderr
     last = summary(out_dir)
     for case, row in rows.items():

@@ -30,7 +30,7 @@ def test_reference_comparison_on_a_phantom_records_identical_fp32_labels(tmp_pat
                  "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32,bf16",
                  "--output", str(markdown), "--json", str(records)])
     assert code == 0, capsys.readouterr().err
-    result, bf16 = json.loads(records.read_text())
+    result, bf16 = json.loads(records.read_text(encoding="utf-8"))
     assert bf16["precision"] == "bf16" and 0 < bf16["agreement"] <= 1
     assert result["precision"] == "fp32" and result["classes"] == 2
     assert result["identical"] and result["agreement"] == 1.0  # the same pipeline at fp32, voxel for voxel
@@ -38,7 +38,7 @@ def test_reference_comparison_on_a_phantom_records_identical_fp32_labels(tmp_pat
     for run in (result["reference"], result["engine"]):
         assert run["seconds"] > 0 and run["peak_host_memory_gib"] > 0.1 and run["peak_gpu_memory_gib"] is None
     assert result["engine"]["windows"] == 1 and result["reference"]["windows"] is None  # one 128³ window at 1.5 mm
-    text = markdown.read_text()
+    text = markdown.read_text(encoding="utf-8")
     assert "ours against the reference pipeline, 2 classes" in text
     assert "fp32: labels agreeing with the reference at fp32 | 100.0000% (identical)" in text
     assert "fp32: ours, network rate (1 windows x 2.9 TFLOP" in text
@@ -117,7 +117,7 @@ def test_a_comparison_with_a_failed_reference_says_so(tmp_path):
               "gpu_memory_limit_gib": 8.0, "runtime": "torch", "runtime_preparation_seconds": None,
               "command": "vista3d bench"}
     _append_comparison(tmp_path / "B.md", [result])
-    text = (tmp_path / "B.md").read_text()
+    text = (tmp_path / "B.md").read_text(encoding="utf-8")
     assert "| fp16: reference pipeline, end to end | out of memory (OutOfMemoryError) after 12.0 s |" in text
     assert "| fp16: ours, end to end | 12.0 s |" in text and "agreeing" not in text
     assert "| fp16: ours, out-of-memory fallbacks | GPU out of memory: stitched the windows on the CPU |" in text

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from VISTA3DSlicerLib.cli import SUMMARY_NAME, main
+from VISTA3DSlicerLib.batch import SUMMARY_NAME
+from VISTA3DSlicerLib.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -100,14 +101,14 @@ def test_batch_runs_skips_and_reports(capsys, tmp_path, example_ct_crop, small_c
 
     code, out, err = run(capsys, "batch", cases, "-o", out_dir, *options)
     assert code == 1  # one case failed
-    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME))}
+    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME, newline="", encoding="utf-8"))}
     assert {k: r["status"] for k, r in rows.items()} == {"a": "done", "b": "done", "broken": "failed"}
     assert "broken" in err and rows["broken"]["message"]
     first = (out_dir / "a.nii.gz").read_bytes()
 
     code, out, err = run(capsys, "batch", str(cases / "[ab].nii.gz"), "-o", out_dir, *options)
     assert code == 0
-    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME))}
+    rows = {row["case"]: row for row in csv.DictReader(open(out_dir / SUMMARY_NAME, newline="", encoding="utf-8"))}
     assert {k: r["status"] for k, r in rows.items()} == {"a": "skipped", "b": "skipped"}
     assert (out_dir / "a.nii.gz").read_bytes() == first
 
@@ -333,11 +334,11 @@ def test_a_volume_that_is_not_ct_gets_a_warning(capsys, tmp_path, example_ct, sm
 
 
 def test_batch_inputs_leave_out_hidden_files_such_as_an_interrupted_write(tmp_path):
-    from VISTA3DSlicerLib.cli import _find_cases
+    from VISTA3DSlicerLib.batch import find_inputs
 
     for name in ("case_a.nii.gz", ".case_a.nii.gz.0123abcd.tmp.nii.gz", "labels.seg.nrrd", "notes.txt", "case_b.nrrd"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in _find_cases(str(tmp_path))] == ["case_a.nii.gz", "case_b.nrrd"]
+    assert [p.name for p in find_inputs(str(tmp_path))] == ["case_a.nii.gz", "case_b.nrrd"]
 
 
 class _ShapeEngine:
@@ -371,7 +372,7 @@ def test_batch_inputs_differing_only_by_their_ending_get_outputs_of_their_own(ca
     assert written == set(outputs) | {SUMMARY_NAME}
     for output, source in outputs.items():
         assert nib.load(tmp_path / "out" / output).shape == shapes[source]
-    rows = {row["case"]: row for row in csv.DictReader(open(tmp_path / "out" / SUMMARY_NAME))}
+    rows = {row["case"]: row for row in csv.DictReader(open(tmp_path / "out" / SUMMARY_NAME, newline="", encoding="utf-8"))}
     assert {case: row["input"].rsplit("/", 1)[-1] for case, row in rows.items()} == {
         name.split(".")[0] if name == "b.nii.gz" else output.split(".")[0]: name
         for output, name in outputs.items()
@@ -403,7 +404,7 @@ def test_a_second_batch_on_the_same_output_folder_is_refused(capsys, tmp_path, m
     holder = subprocess.Popen(  # the first batch, as far as the folder can tell: another process holding its lock
         [sys.executable, "-c", "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
          "print('held', flush=True); sys.stdin.read()", str(out_dir / ".vista3d_batch.lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8", errors="replace",
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -416,3 +417,27 @@ def test_a_second_batch_on_the_same_output_folder_is_refused(capsys, tmp_path, m
         holder.communicate("")
     code, out, err = run(capsys, "batch", tmp_path / "a.nii.gz", "-o", out_dir, "--labels", "liver")
     assert code == 0 and (out_dir / "a.nii.gz").is_file()  # once the first batch is gone
+
+
+def test_a_terminal_that_only_takes_ascii_gets_the_path_escaped_not_a_crash(tmp_path):
+    """LANG=C on a server: stdout is ASCII. Printing a path with an accent ("Wrote ...", the weights' path)
+    raised UnicodeEncodeError, a bug report and exit status 2, after the work was done."""
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "Müller" / "model.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    environment = {**os.environ, "VISTA3D_WEIGHTS": str(checkpoint), "LC_ALL": "C", "PYTHONUTF8": "0",
+                   "PYTHONCOERCECLOCALE": "0"}
+    environment.pop("PYTHONIOENCODING", None)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from VISTA3DSlicerLib.cli import main; "
+         "print(sys.stdout.encoding, file=sys.stderr); raise SystemExit(main())", "weights", "path"],
+        capture_output=True, env=environment)
+    stderr = result.stderr.decode("ascii")
+    assert stderr.splitlines()[0] in ("ascii", "ANSI_X3.4-1968"), "the child did not get an ASCII stdout"
+    assert result.returncode == 0, stderr
+    printed = result.stdout.decode("ascii").strip()
+    assert printed.startswith(str(tmp_path / "M")) and printed.endswith("model.pt") and "\\" in printed

@@ -188,7 +188,7 @@ def test_out_of_memory_on_the_cpu_is_a_clear_error(small_network, error):
     with pytest.raises(VISTA3DError) as raised:
         Engine(network).segment(image, [1, 3])
     assert str(raised.value) == (
-        f"Out of memory segmenting a volume of {math.prod(grid):,} voxels ({'×'.join(map(str, grid))} at 1.5 mm) "
+        f"Out of memory segmenting a volume of {math.prod(grid):,} voxels ({'x'.join(map(str, grid))} at 1.5 mm) "
         "with 2 classes: segment fewer labels, crop the volume, or use a machine with more memory."
     )
     assert network.calls == 1  # the CPU has nothing to fall back to
@@ -286,7 +286,7 @@ def test_a_volume_over_the_budget_is_refused_before_anything_is_computed(
         Engine(network).segment(image, label_ids)
     message = str(raised.value)
     assert message.startswith(
-        f"The volume is too large for the memory available: 40×36×30 voxels are {'×'.join(map(str, grid))} = "
+        f"The volume is too large for the memory available: 40x36x30 voxels are {'x'.join(map(str, grid))} = "
         f"{math.prod(grid):,} voxels at 1.5 mm, and segmenting {classes} classes needs about"
     )
     assert message.endswith("Segment fewer labels, crop the volume to the region of interest, or use a machine with more memory.")
@@ -305,7 +305,7 @@ def test_segment_prepared_checks_the_budget(monkeypatch, small_network):
     prepared = preprocess(phantom())
     monkeypatch.setattr(engine_module, "available_memory", lambda device: GIB // 1000)
     network = FailingNetwork(small_network, set(), cuda_oom())
-    with pytest.raises(VISTA3DError, match=f"{'×'.join(map(str, prepared.spatial_shape))} = .* voxels at 1.5 mm"):
+    with pytest.raises(VISTA3DError, match=f"{'x'.join(map(str, prepared.spatial_shape))} = .* voxels at 1.5 mm"):
         Engine(network).segment_prepared(prepared, [1])
     assert network.calls == 0
 
@@ -314,7 +314,7 @@ def test_a_huge_volume_is_refused_without_allocating_it(small_network):
     """20000³ voxels of 1 mm (a zero-stride view of one value): 9 TB of logits per class, on any machine;
     the real budget, and a float32 copy of the input alone would fail to allocate."""
     huge = Image(np.broadcast_to(np.int16(40), (20000, 20000, 20000)), np.eye(4))
-    with pytest.raises(VISTA3DError, match="20000×20000×20000 voxels are 13334×13334×13334 = .* voxels at 1.5 mm"):
+    with pytest.raises(VISTA3DError, match="20000x20000x20000 voxels are 13334x13334x13334 = .* voxels at 1.5 mm"):
         Engine(small_network).segment(huge, [1])
 
 

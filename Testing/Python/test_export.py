@@ -253,7 +253,7 @@ def test_existing_files_are_kept_and_nothing_is_written(tmp_path, existing):
 
     assert existing in str(raised.value)
     assert os.listdir(tmp_path) == [existing]
-    assert (tmp_path / existing).read_text() == "keep me"
+    assert (tmp_path / existing).read_text(encoding="utf-8") == "keep me"
 
     result = export.export_segmentation(three_segments(), OBLIQUE_AFFINE, tmp_path / "out.seg.nrrd", overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["out.csv", "out.seg.nrrd"]

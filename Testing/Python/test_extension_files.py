@@ -12,7 +12,7 @@ MODULE_CMAKE = REPO / "VISTA3DSlicer" / "CMakeLists.txt"
 
 
 def cmake_list(name: str) -> list[str]:
-    match = re.search(rf"set\({name}\n(.*?)\n  \)", MODULE_CMAKE.read_text(), flags=re.S)
+    match = re.search(rf"set\({name}\n(.*?)\n  \)", MODULE_CMAKE.read_text(encoding="utf-8"), flags=re.S)
     assert match, f"VISTA3DSlicer/CMakeLists.txt sets no {name}"
     return [line.strip().replace("${MODULE_NAME}", "VISTA3DSlicer") for line in match.group(1).splitlines()]
 
@@ -29,7 +29,7 @@ def test_cmake_installs_the_library_s_package_data_beside_its_scripts():
 
     listed = set(cmake_list("MODULE_PYTHON_RESOURCES"))
     library = REPO / "VISTA3DSlicer" / "VISTA3DSlicerLib"
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["VISTA3DSlicerLib"]
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["VISTA3DSlicerLib"]
     packaged = {str(p.relative_to(REPO / "VISTA3DSlicer")) for pattern in patterns for p in library.glob(pattern)}
     assert listed == packaged
     from VISTA3DSlicerLib.labels import colour_table_path, terminology_context_paths
@@ -46,12 +46,12 @@ def test_cmake_resources_exist_and_include_what_the_module_loads():
 
 
 def test_extension_metadata_depends_on_pytorch_and_points_at_files_in_the_repository():
-    entry = json.loads((REPO / "VISTA3DSlicer.json").read_text())
+    entry = json.loads((REPO / "VISTA3DSlicer.json").read_text(encoding="utf-8"))
     assert entry["build_dependencies"] == ["PyTorch"] and entry["category"] == "Segmentation"
-    s4ext = dict(line.split(" ", 1) for line in (REPO / "VISTA3DSlicer.s4ext").read_text().splitlines()
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "VISTA3DSlicer.s4ext").read_text(encoding="utf-8").splitlines()
                  if line and not line.startswith("#") and " " in line)
     assert s4ext["depends"] == "PyTorch" and s4ext["category"] == "Segmentation"
-    top_cmake = (REPO / "CMakeLists.txt").read_text()
+    top_cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top_cmake
     urls = s4ext["screenshoturls"].split() + [s4ext["iconurl"]]
     urls += re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', top_cmake).group(1).split()

@@ -41,7 +41,7 @@ RIGHT = Code("SCT", "24028007", "Right")
 def reference_names() -> dict[int, str]:
     if not REFERENCE_LABELS.exists():
         pytest.skip(f"reference label dictionary not available ({REFERENCE_LABELS})")
-    return {value: name for name, value in json.loads(REFERENCE_LABELS.read_text()).items()}
+    return {value: name for name, value in json.loads(REFERENCE_LABELS.read_text(encoding="utf-8")).items()}
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -332,3 +332,15 @@ def test_clicks_refuse_groups_and_take_one_structure():
     assert validate_click_label("liver") == 1 and validate_click_label(140) == 140
     with pytest.raises(VISTA3DError, match="group"):
         validate_click_label("kidney")
+
+
+def test_automatic_prompt_reads_every_form_a_caller_has_the_same_way():
+    """One reading for the command line (a string), the Slicer Logic (a string or a list) and scripts."""
+    assert labels.automatic_prompt(None) == list(labels.EVERYTHING)
+    assert labels.automatic_prompt("liver, spleen, 1") == [1, 3]
+    assert labels.automatic_prompt(["Liver", 3, "spleen"]) == [1, 3]
+    assert labels.automatic_prompt("everything, hepatic tumor")[-1] == labels.find_label("hepatic tumor")
+    with pytest.raises(VISTA3DError, match="zero-shot ID"):
+        labels.automatic_prompt([1, 133])
+    with pytest.raises(labels.UnknownLabelError, match="livr"):
+        labels.automatic_prompt(["livr"])

@@ -111,10 +111,10 @@ def test_bench_records_the_openvino_runtime(capsys, home, tmp_path, small_checkp
                  "--weights", str(small_checkpoint), "--device", "cpu", "--precisions", "fp32",
                  "--runtime", "openvino", "--output", str(markdown), "--json", str(records)])
     assert code == 0, capsys.readouterr().err
-    (result,) = json.loads(records.read_text())
+    (result,) = json.loads(records.read_text(encoding="utf-8"))
     assert result["runtime"] == "openvino" and result["runtime_preparation_seconds"] > 0
     assert result["agreement"] >= 0.99
-    text = markdown.read_text()
+    text = markdown.read_text(encoding="utf-8")
     assert "fp32: ours (openvino), end to end" in text and "ours with the openvino runtime" in text
 
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*command, **options) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, **options)
+    result = subprocess.run([str(part) for part in command], capture_output=True, encoding="utf-8", errors="replace", **options)
     assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout}\n{result.stderr}"
     return result
 

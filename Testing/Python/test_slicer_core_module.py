@@ -230,7 +230,7 @@ def test_missing_weights_name_their_source_and_download_on_the_worker(logic, che
     from VISTA3DSlicerLib import weights
 
     assert logic.missingWeights() is weights.SOURCES[weights.DEFAULT_SOURCE]
-    assert logic.missingWeights(None, "vit_b") is weights.SAM_SOURCES["vit_b"]
+    assert logic.missingWeights(None, "sam_vit_b") is weights.SAM_SOURCES["vit_b"]
     assert logic.missingWeights(checkpoint) is None
     threads = []
 
@@ -258,6 +258,47 @@ def test_segment_volumes_reports_each_volume_and_goes_on_after_a_failure(logic, 
     assert "not a single-channel 3D volume" in report.results[0].message
     segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
     assert [node.GetName() for node in segmentations] == ["CT VISTA3D"]
+
+
+def test_the_slicer_batch_saves_to_a_folder_like_the_command_line_and_finishes_an_interrupted_one(
+        logic, ct, checkpoint, tmp_path):
+    """The batch workflow of ``vista3d batch``: files named after the volumes (two named "CT" get one each),
+    the summary CSV, and a second run that only does what the first did not finish."""
+    import slicer
+
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.batch import SUMMARY_NAME
+
+    twin = volume_from_array(slicer, synthetic_ct(), CT_AFFINE)
+    twin.SetName("CT")
+    report = logic.segmentVolumes([ct, twin], "liver", tmp_path / "out", weights=checkpoint, device="cpu")
+    assert [(r.name, r.status) for r in report.results] == [("CT_1", "done"), ("CT_2", "done")]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "CT_1.seg.nrrd", "CT_2.seg.nrrd", SUMMARY_NAME]
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")  # read back by Slicer
+    storage.SetFileName(str(out / "CT_1.seg.nrrd"))
+    saved = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "saved")
+    assert storage.ReadData(saved)
+    (segment_id,) = segments_of(saved).values()
+    assert saved.GetSegmentation().GetSegment(segment_id).GetName() == "Liver"
+    # The file holds what the batch showed in the scene for the same volume.
+    (shown,) = [node for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode") if node.GetName() == "CT VISTA3D"]
+    shown_mask = slicer_adapter.segment_mask(shown, segments_of(shown)["Liver"], ct)
+    assert shown_mask.any() and shown.GetNodeReference("referenceImageGeometryRef") is ct
+    np.testing.assert_array_equal(slicer_adapter.segment_mask(saved, segment_id, ct), shown_mask)
+
+    (out / "CT_2.seg.nrrd").unlink()  # as if Slicer had closed during the second volume
+    before = len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode"))
+    again = logic.segmentVolumes([ct, twin], "liver", tmp_path / "out", weights=checkpoint, device="cpu")
+    assert [(r.name, r.status) for r in again.results] == [("CT_1", "skipped"), ("CT_2", "done")]
+    assert len(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")) == before + 1
+    with open(out / SUMMARY_NAME, newline="", encoding="utf-8") as handle:
+        import csv
+
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert rows["CT_1"]["input"] == "CT" and "done in an earlier run" in rows["CT_1"]["message"]
+    assert rows["CT_2"]["status"] == "done"
 
 
 def test_new_segmentation_node_follows_the_volume(logic, ct):

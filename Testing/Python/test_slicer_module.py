@@ -119,7 +119,7 @@ def test_module_imports_only_what_slicer_has_at_start_up():
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stderr
 
 
@@ -137,7 +137,7 @@ def test_importing_the_whole_library_loads_no_torch_or_monai():
         print(len(names), heavy)
         assert not heavy, heavy
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[0]) >= 15  # every module was really imported
 
@@ -159,7 +159,7 @@ def test_import_walk_sees_nested_and_submodule_imports():
 
 
 def test_the_module_checks_the_one_requirements_list_the_package_is_built_from():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     dynamic = pyproject["tool"]["setuptools"]["dynamic"]
     library = MODULE_DIR / "VISTA3DSlicerLib"
     assert dynamic["dependencies"]["file"] == [str((library / "requirements.txt").relative_to(REPO))]
@@ -173,7 +173,7 @@ def test_the_module_checks_the_one_requirements_list_the_package_is_built_from()
     names = {requirement.split(">")[0].split("<")[0].split("=")[0] for requirement in requirements()}
     assert {import_names.get(name, name) for name in names} - {"numpy"} == set(INSTALLED_ON_DEMAND)
     # make reinstalls when the list changes.
-    assert "VISTA3DSlicer/VISTA3DSlicerLib/requirements.txt" in (REPO / "Makefile").read_text()
+    assert "VISTA3DSlicer/VISTA3DSlicerLib/requirements.txt" in (REPO / "Makefile").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------ the .ui file
@@ -226,6 +226,7 @@ PANEL_WIDGETS = {
     # 6. Batch
     "batchCollapsibleButton": "ctkCollapsibleButton",
     "batchVolumeList": "QListWidget",
+    "batchOutputPathLineEdit": "ctkPathLineEdit",
     "batchSelectAllCheckBox": "QCheckBox",
     "batchRunButton": "QPushButton",
     "batchReportLabel": "QLabel",
@@ -259,7 +260,7 @@ PANEL_SECTIONS = [
      ["zeroShotNameLineEdit", "newZeroShotSegmentButton", "supervoxelsWholeVolumeCheckBox",
       "computeSupervoxelsButton", "snapSlider", "showSupervoxelsCheckBox"]),
     ("batchCollapsibleButton", "Batch: every loaded volume", True,
-     ["batchVolumeList", "batchSelectAllCheckBox", "batchRunButton", "batchReportLabel"]),
+     ["batchVolumeList", "batchOutputPathLineEdit", "batchSelectAllCheckBox", "batchRunButton", "batchReportLabel"]),
     ("exportCollapsibleButton", "Export", True,
      ["exportSegmentationSelector", "exportFormatComboBox", "exportPathLineEdit", "exportButton",
       "exportDicomButton"]),
@@ -271,6 +272,7 @@ PANEL_ROWS = [
     ["labelsLabel", "labelsLineEdit"],
     ["zeroShotNameLabel", "zeroShotNameLineEdit"],
     ["positivePointButton", "negativePointButton", "undoButton", "redoButton", "clearPointsButton"],
+    ["batchOutputLabel", "batchOutputPathLineEdit"],
     ["batchSelectAllCheckBox", "batchRunButton"],
     ["exportButton", "exportDicomButton"],
     ["progressBar", "cancelButton"],

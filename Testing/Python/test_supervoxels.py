@@ -195,7 +195,7 @@ def test_a_budget_below_one_slice_is_refused_before_sam_runs(small_sam, monkeypa
         with pytest.raises(VISTA3DError) as raised:
             compute()
         message = str(raised.value)
-        assert message.startswith("Supervoxels of the 8×8×8 ROI (512 voxels) in fp32 need about ")
+        assert message.startswith("Supervoxels of the 8x8x8 ROI (512 voxels) in fp32 need about ")
         assert f"but only {budget / 2**20:.0f} MB is free" in message
         assert "one slice at a time" in message and "bf16" in message
 
@@ -210,7 +210,7 @@ def test_a_budget_too_small_for_the_feature_volume_and_slic_is_refused_before_sa
     with pytest.raises(VISTA3DError) as raised:
         sv.compute_supervoxels(small_sam, image, memory_budget=budget)
     message = str(raised.value)
-    assert message.startswith("Supervoxels of the 80×80×80 ROI (512,000 voxels) in fp32 need about ")
+    assert message.startswith("Supervoxels of the 80x80x80 ROI (512,000 voxels) in fp32 need about ")
     assert "SLIC" in message and f"but only {budget / 2**20:.0f} MB is free" in message
     assert "around the points" in message
 
@@ -292,7 +292,7 @@ def test_bench_records_supervoxel_time(tmp_path, monkeypatch, small_sam):
     monkeypatch.setattr(sv, "build_sam", lambda kind, weights, device: small_sam)
     output = tmp_path / "BENCHMARKS.md"
     result = bench.run_supervoxel_benchmark(12, "vit_b", None, "cpu", "fp32", output)
-    text = output.read_text()
+    text = output.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks")  # a new file gets its header
     assert "supervoxels, fp32" in text and "12³ phantom (36 slices" in text
     assert 0 < result["features_seconds"] <= result["total_seconds"] and result["supervoxels"] > 0

@@ -374,7 +374,7 @@ def test_two_processes_download_once(server, home):
         "filename='model.pt', sha256=sys.argv[3], size=int(sys.argv[4]))))"
     )
     args = [sys.executable, "-c", script, str(LIB_DIR), source.url, source.sha256, str(source.size)]
-    processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
                  for _ in range(2)]
     outputs = [p.communicate(timeout=30) for p in processes]
 
@@ -521,7 +521,7 @@ def test_unreadable_cached_file_names_the_file_and_the_fix(server, monkeypatch, 
     weights._stamp_path(path).unlink()  # no stamp: the file must be read to be trusted
     unreadable(path)
 
-    for call in (weights.resolve_weights, weights.download, lambda: weights.verify(path, source)):
+    for call in (weights.resolve, weights.download, lambda: weights.verify(path, source)):
         with pytest.raises(VISTA3DError) as error:
             call()
         assert not isinstance(error.value, WeightsNotFoundError)
@@ -555,7 +555,7 @@ def test_verify_refuses_a_folder(server, tmp_path):
         weights.verify(tmp_path, make_source(server))
 
 
-# --- resolve_weights and the stamp --------------------------------------------------------------
+# --- resolve and the stamp --------------------------------------------------------------
 
 
 def test_resolve_precedence(server, tmp_path, monkeypatch):
@@ -567,18 +567,18 @@ def test_resolve_precedence(server, tmp_path, monkeypatch):
     explicit.write_bytes(b"not checked")  # the user's own files are not checksummed
     from_env.write_bytes(b"not checked either")
 
-    assert weights.resolve_weights() == cached
+    assert weights.resolve() == cached
     monkeypatch.setenv("VISTA3D_WEIGHTS", str(from_env))
-    assert weights.resolve_weights() == from_env
-    assert weights.resolve_weights(explicit) == explicit
-    assert weights.resolve_weights(str(explicit)) == explicit
+    assert weights.resolve() == from_env
+    assert weights.resolve("vista3d", explicit) == explicit
+    assert weights.resolve("vista3d", str(explicit)) == explicit
 
     with pytest.raises(VISTA3DError, match="nowhere.pt") as error:
-        weights.resolve_weights(tmp_path / "nowhere.pt")
+        weights.resolve("vista3d", tmp_path / "nowhere.pt")
     assert not isinstance(error.value, WeightsNotFoundError)
     monkeypatch.setenv("VISTA3D_WEIGHTS", str(tmp_path / "gone.pt"))
     with pytest.raises(VISTA3DError, match="VISTA3D_WEIGHTS.*gone.pt"):
-        weights.resolve_weights()
+        weights.resolve()
 
 
 def test_resolve_finds_any_known_source(server, monkeypatch):
@@ -586,12 +586,12 @@ def test_resolve_finds_any_known_source(server, monkeypatch):
     monkeypatch.setattr(weights, "SOURCES", {"default": make_source(server, url=closed_port_url()),
                                              "other": other})
     path = weights.download(other)
-    assert weights.resolve_weights() == path
+    assert weights.resolve() == path
 
 
 def test_nothing_found_message():
     with pytest.raises(WeightsNotFoundError) as error:
-        weights.resolve_weights()
+        weights.resolve()
     message = str(error.value)
     for hint in ("vista3d weights download", "--weights FILE", "VISTA3D_WEIGHTS"):
         assert hint in message
@@ -606,20 +606,20 @@ def test_stamp_avoids_rehashing_until_the_file_changes(server, monkeypatch):
     monkeypatch.setattr(weights, "file_digest",
                         lambda p, algorithm: hashed.append(p) or real_digest(p, algorithm))
 
-    assert weights.resolve_weights() == path and weights.resolve_weights() == path
+    assert weights.resolve() == path and weights.resolve() == path
     assert weights.download() == path
     assert hashed == []  # the stamp was trusted
 
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: re-verify once
-    assert weights.resolve_weights() == path and weights.resolve_weights() == path
+    assert weights.resolve() == path and weights.resolve() == path
     assert len(hashed) == 1
 
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))  # same size, other bytes
     with pytest.raises(WeightsNotFoundError, match="failed its checksum"):
-        weights.resolve_weights()
+        weights.resolve()
     assert len(hashed) == 2
     assert not weights._stamp_path(path).exists()
 
@@ -629,7 +629,7 @@ def test_stamp_avoids_rehashing_until_the_file_changes(server, monkeypatch):
 
 def test_stamp_of_another_checksum_is_not_trusted(server, monkeypatch):
     path = weights.download(make_source(server))
-    stamp = json.loads(weights._stamp_path(path).read_text())
+    stamp = json.loads(weights._stamp_path(path).read_text(encoding="utf-8"))
     assert stamp["digest"] == make_source(server).sha256
     assert weights.verify(path, make_source(server))
     assert not weights.verify(path, make_source(server, sha256="0" * 64))
@@ -679,17 +679,17 @@ def test_sam_download_resolve_and_offline_rules(server, monkeypatch, tmp_path):
     )
     monkeypatch.setitem(weights.SAM_SOURCES, "vit_b", source)
     with pytest.raises(WeightsNotFoundError) as error:
-        weights.resolve_sam_weights(None, "vit_b")
+        weights.resolve("sam_vit_b")
     for hint in ("--model sam_vit_b", "--sam-weights FILE", "VISTA3D_SAM_WEIGHTS"):
         assert hint in str(error.value)
     path = weights.download(source)
-    assert weights.resolve_sam_weights(None, "vit_b") == path
+    assert weights.resolve("sam_vit_b") == path
     mine = tmp_path / "my_sam.pth"
     mine.write_bytes(b"the user's file")
     monkeypatch.setenv("VISTA3D_SAM_WEIGHTS", str(mine))
-    assert weights.resolve_sam_weights(None, "vit_b") == mine
-    with pytest.raises(VISTA3DError, match="Unknown SAM model"):
-        weights.resolve_sam_weights(None, "vit_x")
+    assert weights.resolve("sam_vit_b") == mine
+    with pytest.raises(VISTA3DError, match="Unknown model 'sam_vit_x': use one of vista3d, sam_vit_b"):
+        weights.resolve("sam_vit_x")
 
 
 def test_sam_download_failure_names_the_sam_options(home, monkeypatch):

@@ -1,21 +1,40 @@
-"""The batch queue shared by the Slicer panel (every loaded volume) and ``vista3d batch FOLDER``.
+"""Batch segmentation, the one workflow behind ``vista3d batch`` and the Slicer panel's batch.
 
-``run_batch`` processes items in order and records one ``BatchResult`` per item. It is built
-for a night's unattended run: a case that fails is recorded and the batch goes on, and only
-cancelling stops it early (the rest are then "not run").
+Two layers:
+
+- ``run_batch`` processes items in order and records one ``BatchResult`` per item. It is built
+  for a night's unattended run: a case that fails is recorded and the batch goes on, and only
+  cancelling stops it early (the rest are then "not run").
+- ``segment_cases`` segments ``BatchCase``s with it and, given an output folder, writes each
+  case's labelmap there under a name of its own (``file_cases``, ``volume_cases``), holds the
+  folder with a lock, skips cases whose output exists (so that a killed batch resumes where it
+  stopped) and keeps ``vista3d_summary.csv`` up to date after each case. The command line gives
+  it files, the Slicer Logic loaded volumes; a GPU server or a cluster runner gives it the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import glob
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from .errors import Cancelled, VISTA3DError
 from .progress import CancelToken, ProgressCallback, report
 
-__all__ = ["BatchStatus", "BatchResult", "BatchReport", "run_batch"]
+if TYPE_CHECKING:
+    from .geometry import Image
+
+__all__ = [
+    "BatchStatus", "BatchResult", "BatchReport", "run_batch", "BatchCase", "StopBatch", "find_inputs",
+    "file_cases", "volume_cases", "segment_cases", "SUMMARY_NAME", "OUTPUT_FORMATS",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -127,3 +146,265 @@ def run_batch(
         else:
             record(BatchResult(item_name, "done", note or "", time.perf_counter() - started))
     return batch
+
+
+# ------------------------------------------------------------------------- segmenting into a folder
+
+#: The summary of a batch in its output folder: one row per case, rewritten after each case.
+SUMMARY_NAME = "vista3d_summary.csv"
+#: Labelmap formats a batch writes (``io.write_labelmap`` chooses the writer by the ending).
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha")
+_LOCK_NAME = ".vista3d_batch.lock"
+_SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "message")
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    """One volume of a batch: ``name`` names its outputs (``<name>.<format>``, ``<name>_preview.png``),
+    ``source`` says where it came from in the summary (a path, a Slicer volume's name), and
+    ``read()`` gives the CT, on the thread that runs the batch."""
+
+    name: str
+    source: str
+    read: Callable[[], "Image"]
+
+
+class StopBatch(Exception):
+    """Raised by ``segment_cases``' ``segment`` when no case can be done (the model does not load):
+    the batch stops, the summary keeps what was done, and the cause is raised after it."""
+
+
+def find_inputs(pattern: str) -> list[Path]:
+    """The volumes of a folder (files with an image ending, DICOM series sub-folders) or of a glob
+    pattern, sorted. Hidden files are left out: among them an interrupted write's temporary file."""
+    from .io import IMAGE_EXTENSIONS
+
+    folder = Path(pattern)
+    candidates = sorted(folder.iterdir()) if folder.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
+    found = [
+        path for path in candidates
+        if not path.name.startswith(".") and (
+            (path.is_file() and path.name.lower().endswith(IMAGE_EXTENSIONS) and not path.name.endswith(".seg.nrrd"))
+            or (path.is_dir() and _holds_dicom_series(path))
+        )
+    ]
+    if not found:
+        raise VISTA3DError(
+            f"No volumes found in {pattern!r}: give a folder holding {', '.join(IMAGE_EXTENSIONS)} files "
+            "(or DICOM series folders), or a quoted glob pattern."
+        )
+    return found
+
+
+def _holds_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def file_cases(paths: Sequence[Path], out_dir: Path, read: Callable[[Path], "Image"]) -> list[BatchCase]:
+    """The cases of volume files, each named after its file without the image ending.
+
+    Cases whose names differ only by that ending or by case (``a.nii.gz`` and ``a.nrrd``, the DICOM
+    folder ``A``) keep it (``a_nii_gz``, ``a_nrrd``, ``A_dicom``), so that no case takes another's output,
+    on a disk that ignores case too. Refused: an output folder that holds inputs, where a result could
+    replace one and would be taken for a case by the next batch.
+    """
+    out_dir = out_dir.resolve()
+    inside = [path for path in paths if path.resolve().parent == out_dir]
+    if inside:
+        raise VISTA3DError(
+            f"The output folder {out_dir} holds the inputs ({inside[0].name}{', ...' if len(inside) > 1 else ''}): "
+            "results written there could replace them, and the next batch would take the results for cases. "
+            "Give another folder with --output."
+        )
+    suffixes = [_image_extension(path) for path in paths]
+    names = _unique_names(
+        [path.name[: len(path.name) - len(suffix)] for path, suffix in zip(paths, suffixes)],
+        [suffix.strip(".").replace(".", "_") or "dicom" for suffix in suffixes],
+    )
+    return [BatchCase(name, str(path), lambda path=path: read(path)) for name, path in zip(names, paths)]
+
+
+def volume_cases(names: Sequence[str], read: Sequence[Callable[[], "Image"]]) -> list[BatchCase]:
+    """The cases of loaded volumes (Slicer's), named after the volumes: characters a file name cannot
+    hold become "_", and volumes of the same name (two "CT") get their position ("CT_1", "CT_2")."""
+    stems = [re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).strip(" .") or "volume" for name in names]
+    unique = _unique_names(stems, [str(position) for position in range(1, len(stems) + 1)])
+    return [BatchCase(name, source, reader) for name, source, reader in zip(unique, names, read)]
+
+
+def _unique_names(stems: Sequence[str], qualifiers: Sequence[str]) -> list[str]:
+    """``stems``, where those that clash ignoring case get ``_<qualifier>``; refused if any still clash."""
+    counts = Counter(stem.casefold() for stem in stems)
+    names = [stem if counts[stem.casefold()] == 1 else f"{stem}_{qualifier}" for stem, qualifier in zip(stems, qualifiers)]
+    clashes = [name for name, count in Counter(name.casefold() for name in names).items() if count > 1]
+    if clashes:  # e.g. a.nii and a_nii.nii.gz next to a.nii.gz: too rare to name more cleverly
+        raise VISTA3DError(
+            f"Several inputs would write the outputs named {clashes[0]!r}: rename one of them, or run them "
+            "in separate batches with different output folders."
+        )
+    return names
+
+
+def _image_extension(path: Path) -> str:
+    """The image ending of ``path``'s name (``.nii.gz``), or "" (a DICOM folder)."""
+    from .io import IMAGE_EXTENSIONS
+
+    return next((suffix for suffix in IMAGE_EXTENSIONS if path.name.lower().endswith(suffix)), "")
+
+
+def segment_cases(
+    cases: Sequence[BatchCase],
+    segment: Callable[[BatchCase, "Image", ProgressCallback, CancelToken], "Image"],
+    *,
+    out_dir: Optional[Path] = None,
+    output_format: str = "nii.gz",
+    overwrite: bool = False,
+    preview: bool = False,
+    on_labelmap: Optional[Callable[[BatchCase, "Image"], None]] = None,
+    on_result: Optional[Callable[[BatchResult], None]] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> BatchReport:
+    """Segment each case with ``segment(case, image, progress, cancel)`` (it returns the labelmap).
+
+    ``on_labelmap(case, labelmap)`` receives each result (the Slicer Logic makes a segmentation of it).
+    With ``out_dir``, each labelmap is also written there as ``<name>.<output_format>`` (and
+    ``<name>_preview.png`` with ``preview``) while this batch holds the folder's lock; a case whose
+    output exists is skipped unless ``overwrite``, so that running a killed batch again finishes it;
+    and the summary (``SUMMARY_NAME``) is rewritten after each case. ``StopBatch`` from ``segment``
+    stops the batch and its cause is raised once the summary is written.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
+    with _folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        return _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, on_labelmap, on_result,
+                              progress, cancel)
+
+
+def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, on_labelmap, on_result, progress,
+                   cancel) -> BatchReport:
+    from .io import write_labelmap, write_preview_png
+
+    def output(case: BatchCase) -> Optional[Path]:
+        return None if out_dir is None else out_dir / f"{case.name}.{output_format}"
+
+    def should_skip(case: BatchCase) -> Optional[str]:
+        exists = output(case) is not None and output(case).exists() and not overwrite
+        return "output exists (use overwrite to redo it)" if exists else None
+
+    stopped: list[BaseException] = []
+
+    def process(case: BatchCase, case_progress: ProgressCallback, token: CancelToken) -> None:
+        image = case.read()
+        try:
+            labelmap = segment(case, image, case_progress, token)
+        except StopBatch as stop:  # no case can be done: stop here, raise the cause after the summary
+            stopped.append(stop.__cause__ or stop)
+            raise Cancelled() from stop
+        if on_labelmap is not None:
+            on_labelmap(case, labelmap)
+        if out_dir is None:
+            return
+        if preview:  # before the labelmap: an existing labelmap marks a finished case
+            # So a preview without its labelmap is a killed run's leftover, and is replaced. Once the
+            # labelmap exists (another batch on this folder finished the case meanwhile), the preview
+            # is that batch's: it is kept, and the case fails with "exists" before writing anything.
+            write_preview_png(image, labelmap, out_dir / f"{case.name}_preview.png",
+                              overwrite=overwrite or not output(case).exists())
+        write_labelmap(labelmap, output(case), overwrite=overwrite)
+
+    # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
+    # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
+    # io.write_atomically): it stays, since it may be another batch's write in progress in this folder;
+    # being hidden, it is never taken for an output, nor for an input by find_inputs.
+    summary = None if out_dir is None else out_dir / SUMMARY_NAME
+    earlier = _read_summary(summary) if summary is not None else {}  # before this run replaces it
+    rows: list[dict] = []
+    remaining = iter(cases)  # the results come one per case, in the order of the cases
+
+    def record(result: BatchResult) -> None:
+        case = next(remaining)
+        if on_result is not None:
+            on_result(result)
+        if summary is None or (stopped and result.status == "not run"):  # nothing was done to those cases
+            return
+        rows.append(_summary_row(case, output(case), result, earlier.get(str(output(case)))))
+        _write_summary(summary, rows)
+
+    outcome = run_batch(cases, process, name=lambda case: case.name, should_skip=should_skip, on_result=record,
+                        progress=progress, cancel=cancel)
+    if stopped:
+        raise stopped[0]
+    return outcome
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for this batch: a second batch there would rewrite the summary under the first."""
+    from filelock import FileLock, Timeout
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out_dir / _LOCK_NAME))
+        lock.acquire(timeout=0)
+    except Timeout:  # an OSError too: caught first
+        raise VISTA3DError(
+            f"Another vista3d batch is writing to {out_dir}. Wait for it to finish (cases it has done are "
+            "skipped when you run this batch again), or give another output folder."
+        ) from None
+    except OSError as error:
+        raise VISTA3DError(
+            f"Cannot write to the output folder {out_dir}: {error.strerror or error}. Choose a writable folder."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _summary_row(case: BatchCase, output: Path, result: BatchResult, earlier: Optional[dict] = None) -> dict:
+    """The summary CSV's row of one case. ``earlier`` is the previous summary's row of the same output:
+    a case skipped because its output exists keeps from it when the output was made, and in how long."""
+    message = result.message
+    if result.status == "skipped" and earlier is not None:
+        if earlier["status"] == "done":
+            message += f"; done in an earlier run in {earlier['seconds']} s"
+        elif earlier["status"] == "skipped":
+            message = earlier["message"]  # skipped for the same reason, with what the run before knew
+    return {
+        "case": result.name,
+        "input": case.source,
+        "output": str(output),
+        "status": result.status,
+        "seconds": f"{result.seconds:.1f}",
+        "message": message,
+    }
+
+
+def _read_summary(path: Path) -> dict[str, dict]:
+    """The rows of the summary an earlier batch left, by output file; rows lacking a field are left out.
+
+    An unreadable summary gives no rows: it only adds to the messages of skipped cases, and the
+    batch must not stop over it (writing the new one reports a real problem with the folder).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return {}
+    return {row["output"]: row for row in rows if all(row.get(field) is not None for field in _SUMMARY_FIELDS)}
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    """Replace the summary atomically: a kill leaves the previous one whole, never a part of this one."""
+    from .io import write_atomically
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, ".csv", True, write)

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import glob
 import logging
 import sys
 import traceback
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-from .batch import BatchResult, run_batch
-from .errors import Cancelled, VISTA3DError
+from .batch import OUTPUT_FORMATS, SUMMARY_NAME
+from .errors import VISTA3DError
 from .model import PRECISIONS, RUNTIMES
-from .progress import CancelToken, ProgressCallback
+from .weights import MODELS as WEIGHTS_MODELS
+from .progress import ProgressCallback
 
 if TYPE_CHECKING:
     from .geometry import Image
@@ -31,13 +29,10 @@ if TYPE_CHECKING:
 #: Label value of a structure defined by clicks alone (no class): the first ID after VISTA3D's classes,
 #: so that the output never claims a class it was not segmented as.
 POINTS_ONLY_ID = 133
-#: File endings ``read_image`` takes, longest first so ".nii.gz" wins over ".gz".
-IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha")
-SUMMARY_NAME = "vista3d_summary.csv"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _never_fail_on_encoding()
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -51,6 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except Exception as error:
         return _report_unexpected(error, args.verbose)
+
+
+def _never_fail_on_encoding() -> None:
+    """A terminal or a pipe that only takes ASCII (``LANG=C`` on a server, a Windows code page) gets an
+    escape for what it cannot show, such as an accented file name, instead of a crash while printing
+    "Wrote ..." after the work is done. Python already does this for stderr; stdout needs it too."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _report_unexpected(error: Exception, verbose: bool) -> int:
@@ -176,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     weights = commands.add_parser("weights", help="download, locate or verify the VISTA3D weights")
     weights.add_argument("action", choices=("download", "path", "verify"))
     weights.add_argument(
-        "--model", default="vista3d", choices=("vista3d",) + tuple(f"sam_{k}" for k in ("vit_b", "vit_l", "vit_h")),
+        "--model", default="vista3d", choices=WEIGHTS_MODELS,
         help="which checkpoint: VISTA3D (default) or a SAM model of the zero-shot tool",
     )
     weights.add_argument("--source", default=None, help="huggingface (default) or nvidia")
@@ -258,12 +262,9 @@ def _click_job(args: argparse.Namespace):
 
 
 def _sam(args: argparse.Namespace):
-    from .model import resolve_device
-    from .supervoxels import build_sam
-    from .weights import resolve_sam_weights
+    from .zero_shot import load_sam
 
-    device = resolve_device(args.device)
-    sam = build_sam(args.sam_model, str(resolve_sam_weights(args.sam_weights, args.sam_model)), device)
+    sam, device = load_sam(args.sam_model, args.sam_weights, args.device)
     print(f"SAM {args.sam_model} on {device} ({args.precision})", file=sys.stderr)
     return sam, device
 
@@ -291,35 +292,20 @@ def _zeroshot(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .interactive import Session
     from .io import write_labelmap
-    from .labels import ZERO_SHOT_IDS, label_info
-    from .supervoxels import compute_supervoxels, snap, snap_roi
+    from .labels import label_info
+    from .zero_shot import check_request, segment_zero_shot
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
-    if args.id not in ZERO_SHOT_IDS:
-        raise VISTA3DError(f"--id {args.id}: a zero-shot structure takes an ID from 133 to 254.")
-    if not args.clicks:
-        raise VISTA3DError("Give at least one click: --point i,j,k on the structure.")
-    if args.snap is not None and not 0 < args.snap <= 1:
-        raise VISTA3DError(f"--snap {args.snap}: give a fraction in (0, 1], e.g. 0.5.")
+    check_request(args.id, args.clicks, args.snap)
     image = _read_ct(args.image)
-    sam, sam_device = _sam(args) if args.snap is not None else (None, None)  # a missing SAM file fails now
+    sam, sam_device = _sam(args) if args.snap is not None else (None, "cpu")  # a missing SAM file fails now
     engine = _engine(args)
     with _progress_bar(Path(args.image).name) as progress:
-        structure = Session(engine, image).structure(args.id, mask=np.zeros(image.shape, dtype=bool))
-        mask = structure.add_clicks(args.clicks, args.point_space, progress=progress).mask
-        if args.snap is not None:
-            clicks = structure.clicks
-            supervoxels = compute_supervoxels(
-                sam, image, snap_roi(mask, [c.index for c in clicks]), n_segments=args.n_segments,
-                device=sam_device, precision=args.precision, progress=progress,
-            )
-            mask = snap(
-                mask, supervoxels.array, args.snap,
-                positive=[c.index for c in clicks if c.positive], negative=[c.index for c in clicks if not c.positive],
-            )
+        mask = segment_zero_shot(engine, image, args.id, args.clicks, args.point_space, sam=sam, sam_device=sam_device,
+                                 snap_fraction=args.snap, precision=args.precision, n_segments=args.n_segments,
+                                 progress=progress)
     write_labelmap(
         image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite,
         segments={args.id: replace(label_info(args.id), display_name=args.name)} if args.name else None,
@@ -345,15 +331,11 @@ def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
         raise VISTA3DError(f"{path} exists and was left as it is. Pass --overwrite to replace it.")
 
 
-def _label_ids(text: Optional[str]) -> Optional[list[int]]:
-    """IDs from ``--labels``; None means everything (the engine's default prompt)."""
-    from .labels import EVERYTHING, parse_label_prompt, validate_automatic_prompt
+def _label_ids(text: Optional[str]) -> list[int]:
+    """IDs from ``--labels`` (absent: everything)."""
+    from .labels import automatic_prompt
 
-    if text is None:
-        return None
-    ids = parse_label_prompt(text)
-    validate_automatic_prompt(ids)
-    return None if list(ids) == list(EVERYTHING) else ids
+    return automatic_prompt(text)
 
 
 def _engine(args: argparse.Namespace):
@@ -385,216 +367,35 @@ def _progress_bar(desc: str) -> Iterator[ProgressCallback]:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    cases = list(_find_cases(args.inputs))
-    if not cases:
-        raise VISTA3DError(
-            f"No volumes found in {args.inputs!r}: give a folder holding {', '.join(IMAGE_SUFFIXES)} files "
-            "(or DICOM series folders), or a quoted glob pattern."
-        )
-    out_dir = Path(args.output)
-    names = _case_names(cases, out_dir)
-    label_ids = _label_ids(args.labels)
-    with _batch_lock(out_dir):
-        return _run_batch(args, cases, names, out_dir, label_ids)
-
-
-def _run_batch(args: argparse.Namespace, cases: list[Path], names: dict[Path, str], out_dir: Path,
-               label_ids: Optional[list[int]]) -> int:
-    """``vista3d batch`` once its cases, their names and the output folder are settled and locked."""
+    """``vista3d batch``: the batch workflow (``batch.py``) on files, with a bar per case and one for all."""
     from tqdm import tqdm
 
-    from .io import write_labelmap, write_preview_png
+    from .batch import StopBatch, file_cases, find_inputs, segment_cases
 
-    summary = out_dir / SUMMARY_NAME
-    earlier = _read_summary(summary)  # read before this run replaces it: what it says of the cases skipped now
-
-    def output(source: Path) -> Path:
-        return out_dir / f"{names[source]}.{args.format}"
-
-    def should_skip(source: Path) -> Optional[str]:
-        return "output exists (use --overwrite to redo)" if output(source).exists() and not args.overwrite else None
-
+    out_dir = Path(args.output)
+    cases = file_cases(find_inputs(args.inputs), out_dir, _read_ct)
+    label_ids = _label_ids(args.labels)
     engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
-    load_error: Optional[Exception] = None
 
-    def process(source: Path, progress: ProgressCallback, cancel: CancelToken) -> None:
-        nonlocal engine, load_error
-        name = names[source]
-        image = _read_ct(source)
+    def segment(case, image, progress, cancel):
+        nonlocal engine
         if engine is None:
             try:
                 engine = _engine(args)
-            except Exception as error:  # a model that cannot load fails the whole batch, once:
-                load_error = error  # stop the batch here and raise the error after it
-                raise Cancelled() from error
-        with _progress_bar(name) as case_progress:  # a bar of its own, named after the case
-            labelmap = engine.segment(image, label_ids, progress=case_progress, cancel=cancel)
-        if args.preview:  # before the labelmap: an existing labelmap marks a finished case
-            # So a preview without its labelmap is a killed run's leftover, and is replaced. Once the
-            # labelmap exists (another batch on this folder finished the case meanwhile), the preview
-            # is that batch's: it is kept, and the case fails with "exists" before writing anything.
-            write_preview_png(
-                image, labelmap, out_dir / f"{name}_preview.png",
-                overwrite=args.overwrite or not output(source).exists(),
-            )
-        write_labelmap(labelmap, output(source), overwrite=args.overwrite)
-
-    # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
-    # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
-    # io.write_atomically): it stays, since it may be another batch's write in progress in this folder;
-    # being hidden, it is never taken for an output, nor for an input by _find_cases.
-    rows: list[dict] = []
-    sources = iter(cases)  # the results come one per case, in the order of the cases
-
-    def record(result: BatchResult) -> None:
-        source = next(sources)
-        cases_bar.update()
-        if result.status == "not run":  # only after a model that failed to load (raised below):
-            return  # nothing was done to these cases
-        rows.append(_row(source, output(source), result, earlier.get(str(output(source)))))
-        _write_summary(summary, rows)
+            except Exception as error:  # a model that cannot load fails the whole batch, once
+                raise StopBatch() from error
+        with _progress_bar(case.name) as case_progress:  # a bar of its own, named after the case
+            return engine.segment(image, label_ids, progress=case_progress, cancel=cancel)
 
     with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
-        report = run_batch(cases, process, name=names.__getitem__, should_skip=should_skip, on_result=record)
-    if load_error is not None:
-        raise load_error
+        report = segment_cases(cases, segment, out_dir=out_dir, output_format=args.format, overwrite=args.overwrite,
+                               preview=args.preview, on_result=lambda result: cases_bar.update())
     counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
-    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary: {summary}")
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"summary: {out_dir / SUMMARY_NAME}")
     for result in report.with_status("failed"):
         print(f"  failed: {result.name}: {result.message}", file=sys.stderr)
     return 1 if counts["failed"] else 0
-
-
-def _find_cases(pattern: str) -> Iterator[Path]:
-    """Volumes of a folder (files with an image ending, and DICOM series sub-folders), or of a glob."""
-    folder = Path(pattern)
-    candidates = sorted(folder.iterdir()) if folder.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
-    for path in candidates:
-        if path.name.startswith("."):  # hidden: among them an interrupted write's temporary file
-            continue
-        if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.endswith(".seg.nrrd"):
-            yield path
-        elif path.is_dir() and _holds_dicom_series(path):
-            yield path
-
-
-def _holds_dicom_series(folder: Path) -> bool:
-    import SimpleITK as sitk
-
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
-def _case_names(cases: Sequence[Path], out_dir: Path) -> dict[Path, str]:
-    """Each case's name, which names its outputs: the file name without its image ending.
-
-    Cases whose names differ only by that ending or by case (``a.nii.gz`` and ``a.nrrd``, the DICOM
-    folder ``A``) keep it (``a_nii_gz``, ``a_nrrd``, ``A_dicom``), so that no case takes another's output,
-    on a disk that ignores case too. Refused: an output folder that holds inputs, where a result could
-    replace one and would be taken for a case by the next batch.
-    """
-    out_dir = out_dir.resolve()
-    inside = [case for case in cases if case.resolve().parent == out_dir]
-    if inside:
-        raise VISTA3DError(
-            f"The output folder {out_dir} holds the inputs ({inside[0].name}{', ...' if len(inside) > 1 else ''}): "
-            "results written there could replace them, and the next batch would take the results for cases. "
-            "Give another folder with --output."
-        )
-    stems = {case: _strip_image_suffix(case.name) for case in cases}
-    counts = Counter(stem.casefold() for stem in stems.values())
-    names = {
-        case: stem if counts[stem.casefold()] == 1 else f"{stem}_{_image_suffix(case).strip('.').replace('.', '_') or 'dicom'}"
-        for case, stem in stems.items()
-    }
-    clashes = [name for name, count in Counter(name.casefold() for name in names.values()).items() if count > 1]
-    if clashes:  # e.g. a.nii and a_nii.nii.gz next to a.nii.gz: too rare to name more cleverly
-        raise VISTA3DError(
-            f"Several inputs would write the outputs named {clashes[0]!r}: rename one of them, or run them "
-            "in separate batches with different --output folders."
-        )
-    return names
-
-
-def _image_suffix(path: Path) -> str:
-    """The image ending of ``path``'s name (``.nii.gz``), or "" (a DICOM folder)."""
-    return next((suffix for suffix in IMAGE_SUFFIXES if path.name.lower().endswith(suffix)), "")
-
-
-def _strip_image_suffix(name: str) -> str:
-    return name[: len(name) - len(_image_suffix(Path(name)))]
-
-
-@contextlib.contextmanager
-def _batch_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for this batch: a second batch there would rewrite the summary under the first."""
-    from filelock import FileLock, Timeout
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(out_dir / ".vista3d_batch.lock"))
-        lock.acquire(timeout=0)
-    except Timeout:  # an OSError too: caught first
-        raise VISTA3DError(
-            f"Another vista3d batch is writing to {out_dir}. Wait for it to finish (cases it has done are "
-            "skipped when you run this batch again), or give another folder with --output."
-        ) from None
-    except OSError as error:
-        raise VISTA3DError(
-            f"Cannot write to the output folder {out_dir}: {error.strerror or error}. Choose a writable folder."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-_SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "message")
-
-
-def _row(source: Path, output: Path, result: BatchResult, earlier: Optional[dict] = None) -> dict:
-    """The summary CSV's row of one case. ``earlier`` is the previous summary's row of the same output:
-    a case skipped because its output exists keeps from it when the output was made, and in how long."""
-    message = result.message
-    if result.status == "skipped" and earlier is not None:
-        if earlier["status"] == "done":
-            message += f"; done in an earlier run in {earlier['seconds']} s"
-        elif earlier["status"] == "skipped":
-            message = earlier["message"]  # skipped for the same reason, with what the run before knew
-    return {
-        "case": result.name,
-        "input": str(source),
-        "output": str(output),
-        "status": result.status,
-        "seconds": f"{result.seconds:.1f}",
-        "message": message,
-    }
-
-
-def _read_summary(path: Path) -> dict[str, dict]:
-    """The rows of the summary an earlier batch left, by output file; rows lacking a field are left out.
-
-    An unreadable summary gives no rows: it only adds to the messages of skipped cases, and the
-    batch must not stop over it (writing the new one reports a real problem with the folder).
-    """
-    try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error):
-        return {}
-    return {row["output"]: row for row in rows if all(row.get(field) is not None for field in _SUMMARY_FIELDS)}
-
-
-def _write_summary(path: Path, rows: list[dict]) -> None:
-    """Replace the summary atomically: a kill leaves the previous one whole, never a part of this one."""
-    from .io import write_atomically
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=_SUMMARY_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(path, ".csv", True, write)
 
 
 # ------------------------------------------------------------------------------------ labels, weights
@@ -621,20 +422,12 @@ def _labels(args: argparse.Namespace) -> int:
 def _weights(args: argparse.Namespace) -> int:
     from . import weights
 
-    if args.model == "vista3d":
-        source = _weights_source(args.source)
-        resolve = weights.resolve_weights
-    else:
-        if args.source is not None:
-            raise VISTA3DError("--source chooses where the VISTA3D weights come from; SAM has one source.")
-        kind = args.model.removeprefix("sam_")
-        source = weights.SAM_SOURCES[kind]
-        resolve = lambda explicit: weights.resolve_sam_weights(explicit, kind)  # noqa: E731
+    source = weights.source_for(args.model, args.source)
     if args.action == "path":
-        print(resolve(None))
+        print(weights.resolve(args.model))
         return 0
     if args.action == "verify":
-        path = Path(args.weights) if args.weights else resolve(None)
+        path = Path(args.weights) if args.weights else weights.resolve(args.model)
         if weights.verify(path, source):
             print(f"{path}: checksum OK ({source.name})")
             return 0
@@ -644,15 +437,6 @@ def _weights(args: argparse.Namespace) -> int:
     path = _download_with_bar(source)
     print(path)
     return 0
-
-
-def _weights_source(name: Optional[str]):
-    from .weights import DEFAULT_SOURCE, SOURCES
-
-    name = name or DEFAULT_SOURCE
-    if name not in SOURCES:
-        raise VISTA3DError(f"Unknown weights source {name!r}: use one of {', '.join(SOURCES)}.")
-    return SOURCES[name]
 
 
 def _download_with_bar(source):

@@ -164,7 +164,7 @@ def _release_memory() -> None:
 
 
 def _format_shape(shape: Sequence[int]) -> str:
-    return "×".join(str(n) for n in shape)
+    return "x".join(str(n) for n in shape)
 
 
 class Engine:
@@ -216,11 +216,11 @@ class Engine:
     ) -> "Engine":
         """Load a checkpoint (``--weights``, ``VISTA3D_WEIGHTS`` or the verified cached download)."""
         from .model import check_runtime, load_network, resolve_device
-        from .weights import resolve_weights
+        from .weights import resolve
 
         resolved = resolve_device(device)
         check_runtime(runtime, resolved)  # before minutes of loading
-        path = resolve_weights(weights)
+        path = resolve("vista3d", weights)
         logger.info("Loading VISTA3D weights from %s onto %s", path, resolved)
         return cls(load_network(path, resolved), resolved, precision, runtime=runtime)
 
@@ -480,9 +480,7 @@ def _class_prompt(class_vector: "torch.Tensor") -> dict:
 
 def _class_ids(label_ids: Optional[Sequence[int]]) -> list[int]:
     """The classes the class head predicts for a prompt (None = everything), group IDs expanded."""
-    prompt = list(label_table.EVERYTHING if label_ids is None else label_ids)
-    label_table.validate_automatic_prompt(prompt)
-    return label_table.expand_subclasses(prompt)
+    return label_table.expand_subclasses(label_table.automatic_prompt(label_ids))
 
 
 def _class_logits(embeddings: "torch.Tensor", features: "torch.Tensor") -> "torch.Tensor":

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: File endings ``read_image`` reads (longest first, so that ``.nii.gz`` wins over ``.gz``);
+#: a DICOM series is a folder.
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Labelmap formats ``write_labelmap`` writes, by file name ending (longest endings first,
 #: so that ``x.seg.nrrd`` is a segmentation, not a plain NRRD labelmap).
 LABELMAP_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")

@@ -323,7 +323,7 @@ class LabelSelection:
         ``labels.UnknownLabelError`` with the closest names; a legacy or zero-shot ID raises
         ``VISTA3DError`` with what to use instead.
         """
-        return cls(labels.expand_subclasses(labels.parse_label_prompt(text)))
+        return cls(labels.expand_subclasses(labels.automatic_prompt(text)))
 
     @staticmethod
     def _leaf_ids_of(node_or_id: TreeNode | int) -> tuple[int, ...]:

@@ -386,6 +386,24 @@ def validate_automatic_prompt(ids: Sequence[int]) -> None:
             )
 
 
+def automatic_prompt(prompt: str | Sequence[str | int] | None) -> list[int]:
+    """The class IDs an automatic segmentation is asked for, checked: the one reading of a prompt
+    for the command line, the Slicer Logic, the panel and the benchmarks.
+
+    ``prompt``: a string ("liver, spleen, 1, 3", "everything, hepatic tumor"), a list of names and
+    IDs, or None for everything. Groups stay groups (the engine expands them as the bundle does).
+    Raises ``UnknownLabelError`` (with the closest names) or ``VISTA3DError`` saying what to do.
+    """
+    if prompt is None:
+        ids = list(EVERYTHING)
+    elif isinstance(prompt, str):
+        ids = parse_label_prompt(prompt)
+    else:
+        ids = list(dict.fromkeys(find_label(item) for item in prompt))
+    validate_automatic_prompt(ids)
+    return ids
+
+
 def next_zero_shot_id(used: Iterable[int]) -> int:
     """The first zero-shot ID (133..254) not in ``used``: each zero-shot structure gets its own."""
     taken = set(int(u) for u in used)

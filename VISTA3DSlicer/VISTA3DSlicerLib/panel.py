@@ -173,12 +173,9 @@ class ClickEditor:
         structure = self._structures[segment_id]
         mask = structure.mask
         if self._snaps(structure):
-            from .supervoxels import snap
+            from .zero_shot import snap_to_clicks
 
-            clicks = structure.clicks
-            mask = snap(mask, self._supervoxels, self.snap_fraction,
-                        positive=[c.index for c in clicks if c.positive],
-                        negative=[c.index for c in clicks if not c.positive])
+            mask = snap_to_clicks(mask, self._supervoxels, self.snap_fraction, structure.clicks)
         before = self._shown[segment_id]
         region = changed_box(before, mask)
         self._shown[segment_id] = mask.copy()
@@ -260,22 +257,20 @@ class WeightsModel:
     """One entry of the panel's weights row: which checkpoint, and how it is found."""
 
     title: str
-    source_key: str  # "vista3d" or a SAM kind ("vit_b", ...)
+    model: str  # one of weights.MODELS: "vista3d", "sam_vit_b", ...
 
     @property
     def source(self) -> "WeightsSource":
         from . import weights
 
-        if self.source_key == "vista3d":
-            return weights.SOURCES[weights.DEFAULT_SOURCE]
-        return weights.SAM_SOURCES[self.source_key]
+        return weights.source_for(self.model)
 
 
 WEIGHTS_MODELS: tuple[WeightsModel, ...] = (
     WeightsModel("VISTA3D", "vista3d"),
-    WeightsModel("SAM ViT-B (zero-shot supervoxels)", "vit_b"),
-    WeightsModel("SAM ViT-L (zero-shot supervoxels)", "vit_l"),
-    WeightsModel("SAM ViT-H (zero-shot supervoxels)", "vit_h"),
+    WeightsModel("SAM ViT-B (zero-shot supervoxels)", "sam_vit_b"),
+    WeightsModel("SAM ViT-L (zero-shot supervoxels)", "sam_vit_l"),
+    WeightsModel("SAM ViT-H (zero-shot supervoxels)", "sam_vit_h"),
 )
 
 
@@ -297,10 +292,7 @@ def weights_status(model: WeightsModel, explicit: Optional[str | Path] = None) -
 
     source = model.source
     try:
-        if model.source_key == "vista3d":
-            path = weights.resolve_weights(explicit)
-        else:
-            path = weights.resolve_sam_weights(explicit, model.source_key)
+        path = weights.resolve(model.model, explicit)
     except weights.WeightsNotFoundError:
         size = f" ({source.size / 1e6:,.0f} MB)" if source.size else ""
         return WeightsStatus(False, None, False,

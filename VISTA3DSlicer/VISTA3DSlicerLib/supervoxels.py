@@ -403,7 +403,7 @@ def choose_slice_batch(
 
 
 def _asked(estimate: SupervoxelMemory) -> str:
-    shape = "×".join(str(n) for n in estimate.shape)
+    shape = "x".join(str(n) for n in estimate.shape)
     return f"Supervoxels of the {shape} ROI ({math.prod(estimate.shape):,} voxels) in {estimate.precision}"
 
 

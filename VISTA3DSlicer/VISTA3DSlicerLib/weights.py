@@ -1,6 +1,6 @@
 """Find, download and verify the VISTA3D checkpoint and the SAM checkpoints of the zero-shot tool.
 
-Where the weights come from, in order (``resolve_weights``):
+Where the weights come from, in order (``resolve``):
 
 1. a file the user names (``--weights FILE`` on the command line, a path in the Slicer panel);
 2. the ``VISTA3D_WEIGHTS`` environment variable;
@@ -36,8 +36,8 @@ from .errors import VISTA3DError
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = [
-    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "resolve_weights",
-    "resolve_sam_weights",
+    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "MODELS", "source_for",
+    "resolve",
     "download", "verify", "file_digest", "delete_cached", "WeightsNotFoundError", "DownloadError", "ChecksumError",
 ]
 
@@ -159,28 +159,53 @@ def cached_path(source: Optional[WeightsSource] = None) -> Path:
     return cache_dir() / _source(source).filename
 
 
-def resolve_weights(explicit: Union[str, os.PathLike, None] = None) -> Path:
-    """The VISTA3D checkpoint to load: ``explicit``, else ``$VISTA3D_WEIGHTS``, else a verified cached file.
+#: Every checkpoint by the name the command line (``vista3d weights --model``), the panel and the
+#: Slicer Logic use for it: VISTA3D's, and each SAM backbone's (the zero-shot supervoxels).
+MODELS: tuple[str, ...] = ("vista3d",) + tuple(f"sam_{kind}" for kind in SAM_SOURCES)
+
+
+def source_for(model: str = "vista3d", source: Optional[str] = None) -> WeightsSource:
+    """Where ``model``'s checkpoint is downloaded from: for VISTA3D ``source`` (one of ``SOURCES``,
+    default ``DEFAULT_SOURCE``); a SAM model has one source."""
+    if model == "vista3d":
+        name = source or DEFAULT_SOURCE
+        if name not in SOURCES:
+            raise VISTA3DError(f"Unknown weights source {name!r}: use one of {', '.join(SOURCES)}.")
+        return SOURCES[name]
+    if source is not None:
+        raise VISTA3DError(f"A source chooses where the VISTA3D weights come from; {model} has one source.")
+    return SAM_SOURCES[_sam_kind(model)]
+
+
+def resolve(model: str = "vista3d", explicit: Union[str, os.PathLike, None] = None) -> Path:
+    """The checkpoint of ``model`` (one of ``MODELS``) to load: ``explicit``, else the file its
+    environment variable names (``VISTA3D_WEIGHTS``; ``VISTA3D_SAM_WEIGHTS`` for SAM), else a
+    verified file of the download cache.
 
     Raises ``VISTA3DError`` if a named file does not exist or a cached one cannot be read,
     ``WeightsNotFoundError`` if nothing was named and the cache holds no good copy of any known source.
     """
-    return _resolve(
-        explicit, "VISTA3D_WEIGHTS", list(SOURCES.values()), "VISTA3D weights",
-        "Run `vista3d weights download` to fetch them into {cache} (or use the Download button in Slicer), "
-        "or, for offline use, pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already have.",
-    )
-
-
-def resolve_sam_weights(explicit: Union[str, os.PathLike, None] = None, kind: str = "vit_b") -> Path:
-    """The SAM checkpoint of ``kind``: ``explicit``, else ``$VISTA3D_SAM_WEIGHTS``, else a verified cached file."""
-    if kind not in SAM_SOURCES:
-        raise VISTA3DError(f"Unknown SAM model {kind!r}: use one of {', '.join(SAM_SOURCES)}.")
+    if model == "vista3d":
+        return _resolve(
+            explicit, "VISTA3D_WEIGHTS", list(SOURCES.values()), "VISTA3D weights",
+            "Run `vista3d weights download` to fetch them into {cache} (or use the Download button in Slicer), "
+            "or, for offline use, pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already "
+            "have.",
+        )
+    kind = _sam_kind(model)
     return _resolve(
         explicit, "VISTA3D_SAM_WEIGHTS", [SAM_SOURCES[kind]], f"SAM {kind} weights",
-        f"Run `vista3d weights download --model sam_{kind}` to fetch them into {{cache}}, or, for offline use, "
+        f"Run `vista3d weights download --model {model}` to fetch them into {{cache}}, or, for offline use, "
         "pass `--sam-weights FILE` or set VISTA3D_SAM_WEIGHTS=FILE to a checkpoint you already have.",
     )
+
+
+def _sam_kind(model: str) -> str:
+    """"sam_vit_b" -> "vit_b", refusing a model that is not one of ``MODELS``."""
+    kind = model.removeprefix("sam_")
+    if model == kind or kind not in SAM_SOURCES:
+        raise VISTA3DError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
+    return kind
 
 
 def _resolve(
@@ -277,7 +302,7 @@ def download(
     - Bytes go to ``<file>.part``; an existing ``.part`` (an earlier cut or cancelled download) is
       resumed with an HTTP Range request, and a cut connection is resumed a few times before
       giving up. Only a file that passed its size and checksum check is moved into place
-      (atomically), so a partial or wrong file is never picked up by ``resolve_weights``.
+      (atomically), so a partial or wrong file is never picked up by ``resolve``.
     - ``progress(done_bytes, total_bytes, message)`` is called per chunk (``total_bytes`` is 0
       when unknown); ``cancel`` is checked between chunks. A cancelled download raises
       ``Cancelled`` and keeps its ``.part`` for a later resume.
@@ -401,7 +426,7 @@ def _write_stamp(path: Path, source: WeightsSource) -> None:
     stamp = _stamp_path(path)
     tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(json.dumps(_stamp_for(path, source)))
+        tmp.write_text(json.dumps(_stamp_for(path, source)), encoding="utf-8")
         os.replace(tmp, stamp)
     except OSError:
         pass  # a read-only cache still works; it is only re-hashed at every start
@@ -410,7 +435,7 @@ def _write_stamp(path: Path, source: WeightsSource) -> None:
 def _is_verified(path: Path, source: WeightsSource) -> bool:
     """True if the stamp still matches the file and ``source``'s checksum; else a full ``verify``."""
     try:
-        if json.loads(_stamp_path(path).read_text()) == _stamp_for(path, source):
+        if json.loads(_stamp_path(path).read_text(encoding="utf-8")) == _stamp_for(path, source):
             return True
     except (OSError, ValueError):
         pass  # no stamp, or an unreadable one
