@@ -38,11 +38,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
+from VISTA3DSlicerLib.dependencies import require as requireDependencies
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
 from VISTA3DSlicerLib.io import ct_warning
 from VISTA3DSlicerLib.panel import (
-    WEIGHTS_MODELS, ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, segments_replaced, weights_status,
+    WEIGHTS_MODELS, ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for,
+    locate_checkpoint, missing_weights, segments_replaced, weights_status,
 )
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
@@ -869,35 +871,10 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
              progress: Optional[ProgressCallback] = None, onDone: Optional[Callable] = None,
              onError: Optional[Callable] = None, apply: Optional[Callable] = None,
              cancel: Optional[CancelToken] = None):
-        """Run ``function(progress, cancel)`` on the worker; ``apply(result)`` then runs on the main
-        thread (MRML writes) and its value is the job's result for ``onDone`` / the caller.
-        Waiting, Slicer stays responsive and ``cancel`` (if given) stops the job."""
-        outcome = {}
-
-        def done(result) -> None:
-            try:
-                outcome["value"] = apply(result) if apply is not None else result
-            except Exception as error:  # writing into MRML failed: report it like a failed job
-                outcome["error"] = error
-                if onError is not None:
-                    onError(error)
-                return
-            if onDone is not None:
-                onDone(outcome["value"])
-
-        job = self.worker().submit(function, name=name, key=key, on_progress=progress, on_done=done, on_error=onError)
-        if not waitForCompletion:
-            return job
-
-        def pump() -> None:
-            if cancel is not None and cancel.cancelled:
-                job.cancel()
-            slicer.app.processEvents()
-
-        job.wait(pump=pump)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("value")
+        """``function(progress, cancel)`` on the worker, ``apply(result)`` (MRML writes) on the main
+        thread (``Worker.run``); waiting, Slicer stays responsive and ``cancel`` stops the job."""
+        return self.worker().run(function, name=name, key=key, wait=waitForCompletion, pump=slicer.app.processEvents,
+                                 progress=progress, apply=apply, on_done=onDone, on_error=onError, cancel=cancel)
 
     # -- automatic segmentation ---------------------------------------------------------------
 
@@ -932,7 +909,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         """
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
-        self._requireDependencies(runtime)
+        requireDependencies(runtime)
         labelIds = labels.automatic_prompt(labelPrompt)
         replaced = self.segmentsToReplace(segmentationNode, labelIds) if segmentationNode is not None else []
         if replaced and not replaceExisting:
@@ -971,13 +948,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                           labelPrompt: Union[list[Union[str, int]], str, None]) -> list[str]:
         """Names of the segments of ``segmentationNode`` that a result for ``labelPrompt`` replaces
         (those VISTA3D made for one of its classes; never segments the user drew)."""
-        segmentation = segmentationNode.GetSegmentation()
-        return segments_replaced(
-            [(segmentation.GetNthSegment(i).GetName(),
-              slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i)))
-             for i in range(segmentation.GetNumberOfSegments())],
-            labels.automatic_prompt(labelPrompt),
-        )
+        return segments_replaced(slicer_adapter.segment_labels(segmentationNode), labels.automatic_prompt(labelPrompt))
 
     def segmentVolumes(self, volumeNodes: list, labelPrompt, outputFolder: Union[str, Path, None] = None, *,
                        outputFormat: str = "seg.nrrd", overwrite: bool = False, device: str = "auto",
@@ -992,7 +963,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         interrupted one started. The other options are ``segment``'s. Returns a ``batch.BatchReport``."""
         from VISTA3DSlicerLib.batch import segment_cases, volume_cases
 
-        self._requireDependencies(runtime)
+        requireDependencies(runtime)
         labelIds = labels.automatic_prompt(labelPrompt)
         cases = volume_cases([node.GetName() for node in volumeNodes],
                              [lambda node=node: slicer_adapter.image_from_volume_node(node) for node in volumeNodes])
@@ -1009,29 +980,15 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             on_labelmap=lambda case, labelmap: self._showLabelmap(labelmap, volumeOf[case.name]))
 
     def newSegmentationNode(self, volumeNode) -> vtkMRMLSegmentationNode:
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} VISTA3D"))
-        segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        # Under the volume's transform, so the segments move with the volume.
-        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-        return segmentationNode
+        """A new segmentation "<volume> VISTA3D" on the volume's grid, under its transform."""
+        return slicer_adapter.new_segmentation_node(volumeNode, f"{volumeNode.GetName()} VISTA3D")
 
     # -- points -------------------------------------------------------------------------------
 
     def pointListNode(self, positive: bool) -> vtkMRMLMarkupsFiducialNode:
         """The scene's + (green) or − (red) point list, made on first use."""
-        name = "VISTA3D + points" if positive else "VISTA3D - points"
-        node = slicer.mrmlScene.GetFirstNodeByName(name)
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-            node.CreateDefaultDisplayNodes()
-            display = node.GetDisplayNode()
-            display.SetSelectedColor(*(POSITIVE_COLOR if positive else NEGATIVE_COLOR))
-            display.SetColor(*(POSITIVE_COLOR if positive else NEGATIVE_COLOR))
-            display.SetPointLabelsVisibility(False)
-            node.SetMarkupLabelFormat("+" if positive else "-")
-        return node
+        return slicer_adapter.point_list_node(slicer.mrmlScene, "VISTA3D + points" if positive else "VISTA3D - points",
+                                              POSITIVE_COLOR if positive else NEGATIVE_COLOR, "+" if positive else "-")
 
     def updateSegmentFromPoints(self, volumeNode, segmentationNode, segmentId: str, positiveNode, negativeNode, *,
                                 device: str = "auto", precision: str = "fp32", runtime: str = "torch", weights=None,
@@ -1045,7 +1002,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         kept for the volume and the engine settings; clicks with other settings, or on a changed
         volume, start a new one and let the old one and its network go.
         """
-        self._requireDependencies(runtime)
+        requireDependencies(runtime)
         points = ([PointPrompt(p, True) for p in slicer_adapter.points_from_markups(positiveNode, volumeNode)]
                   + [PointPrompt(p, False) for p in slicer_adapter.points_from_markups(negativeNode, volumeNode)])
         label = slicer_adapter.segment_label(segmentationNode, segmentId)
@@ -1098,25 +1055,13 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _clickSessionFor(self, volumeNode, settings: Optional[EngineSettings],
                          settingsOf) -> Callable[[ProgressCallback, CancelToken], ClickSession]:
         """A function (for the worker) giving the click session of ``volumeNode`` for the engine
-        settings (see ``_engineSettings``): the current one if it matches, else a new one. A session
-        that does not match is dropped here, on the main thread, before the worker loads another
-        network, so that its network can be freed first."""
+        settings (``panel.click_session_for``); a session that does not match is dropped now."""
         imageData = volumeNode.GetImageData()
         volume = (volumeNode.GetID(), imageData.GetMTime() if imageData else 0)
-        session = self._clickSession
-        if session is not None and (session.volume, session.settings) == (volume, settings):
-            return lambda report, cancel: session
-        self._clickSession = None
-        image = slicer_adapter.image_from_volume_node(volumeNode)  # read here: MRML is for the main thread
-
-        def make(report, cancel) -> ClickSession:
-            from VISTA3DSlicerLib.interactive import Session
-
-            settings = settingsOf(report, cancel)
-            # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
-            return ClickSession(volume, settings, ClickEditor(Session(self._engines.get(settings), image)))
-
-        return make
+        self._clickSession, sessionOf = click_session_for(
+            self._clickSession, volume, settings, settingsOf,
+            lambda: slicer_adapter.image_from_volume_node(volumeNode), self._engines)
+        return sessionOf
 
     def _applyEdit(self, result, segmentationNode, segmentId: str, volumeNode) -> bool:
         """On the main thread: make the job's session the Logic's, then write its edit (or raise
@@ -1135,22 +1080,18 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         return self._clickSession.editor if self._clickSession is not None else None
 
     def pointsOf(self, segmentId: str) -> list[PointPrompt]:
-        editor = self._editor()
-        return editor.points(segmentId) if editor is not None and segmentId else []
+        return self._editor().points(segmentId) if self._editor() is not None and segmentId else []
 
     def canUndo(self, segmentId: str) -> bool:
-        editor = self._editor()
-        return bool(editor is not None and segmentId and editor.can_undo(segmentId))
+        return bool(self._editor() is not None and segmentId and self._editor().can_undo(segmentId))
 
     def canRedo(self, segmentId: str) -> bool:
-        editor = self._editor()
-        return bool(editor is not None and segmentId and editor.can_redo(segmentId))
+        return bool(self._editor() is not None and segmentId and self._editor().can_redo(segmentId))
 
     def forgetEdits(self) -> None:
         """Segments were rewritten by a run: point histories no longer describe them."""
-        editor = self._editor()
-        if editor is not None:
-            editor.forget_all()
+        if self._editor() is not None:
+            self._editor().forget_all()
 
     def forgetVolume(self) -> None:
         """The scene closed: drop the click session (the network stays loaded)."""
@@ -1161,10 +1102,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def newZeroShotSegment(self, segmentationNode, volumeNode, name: str = "") -> str:
         """A new, empty segment for a structure outside the 127 classes, with its own zero-shot ID."""
-        segmentation = segmentationNode.GetSegmentation()
-        used = [slicer_adapter.segment_label(segmentationNode, segmentation.GetNthSegmentID(i))
-                for i in range(segmentation.GetNumberOfSegments())]
-        label = labels.next_zero_shot_id(u for u in used if u is not None)
+        label = labels.next_zero_shot_id(
+            used for _name, used in slicer_adapter.segment_labels(segmentationNode) if used is not None)
         return slicer_adapter.add_segment(segmentationNode, name.strip() or labels.label_info(label).display_name,
                                           label, volumeNode)
 
@@ -1174,17 +1113,13 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         """SAM supervoxels of the whole volume (``segmentId`` None) or around that segment's points;
         they are used to snap zero-shot segments and shown as an overlay. SAM's checkpoint is
         downloaded only with ``allowDownload``. Returns their number."""
-        from VISTA3DSlicerLib import weights
-
-        self._requireDependencies()
+        requireDependencies()
         session = self._clickSession
         if session is None:
             raise VISTA3DError(_("Place a point on the structure first; supervoxels are computed for its volume."))
         editor = session.editor
         box = editor.snap_box(segmentId, SUPERVOXEL_MARGIN) if segmentId else None
-        samModel = f"sam_{samKind}"
-        samPathOf = self._checkpoint(lambda: weights.resolve(samModel, samWeights), weights.source_for(samModel),
-                                     allowDownload)[1]
+        samPathOf = locate_checkpoint(f"sam_{samKind}", samWeights, allowDownload)[1]
 
         def work(report, cancel):
             from VISTA3DSlicerLib.supervoxels import compute_supervoxels
@@ -1197,15 +1132,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
             return supervoxels
 
         def apply(supervoxels) -> int:
-            node = self._supervoxelNode
-            if node is None or node.GetScene() is None:
-                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "VISTA3D supervoxels")
-                node.CreateDefaultDisplayNodes()
-                node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeRandom")
-                self._supervoxelNode = node
-            slicer.util.updateVolumeFromArray(node, supervoxels.array.transpose(2, 1, 0).astype("uint16"))
-            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(supervoxels.affine))
-            node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            self._supervoxelNode = slicer_adapter.show_label_volume(
+                supervoxels, self._supervoxelNode, slicer.mrmlScene, "VISTA3D supervoxels", volumeNode)
             return int(supervoxels.array.max())
 
         return self._run(work, name="Supervoxels", waitForCompletion=waitForCompletion, progress=progress,
@@ -1213,16 +1141,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def showSupervoxelBoundaries(self, show: bool) -> None:
         """Outline the supervoxels in the slice views (or take the outline away)."""
-        node = self._supervoxelNode
-        if node is None:
-            return
-        for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
-            sliceNode.SetUseLabelOutline(True)
-        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
-            if show:
-                composite.SetLabelVolumeID(node.GetID())
-            elif composite.GetLabelVolumeID() == node.GetID():  # leave the user's own label layer alone
-                composite.SetLabelVolumeID(None)
+        if self._supervoxelNode is not None and self._supervoxelNode.GetScene() is not None:
+            slicer_adapter.outline_in_slice_views(self._supervoxelNode, show)
 
     # -- export -------------------------------------------------------------------------------
 
@@ -1234,7 +1154,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
         if referenceVolumeNode is None:
             raise VISTA3DError(_("Select the volume the segmentation belongs to (its grid is the labelmap's)."))
-        self._requireDependencies()
+        requireDependencies()
         segments = slicer_adapter.export_segments(segmentationNode, referenceVolumeNode)
         return export_segmentation(segments, slicer_adapter.ijk_to_ras(referenceVolumeNode), path,
                                    overwrite=overwrite)
@@ -1245,58 +1165,24 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         """The ``weights.WeightsSource`` that ``allowDownload`` would download for ``model`` (one of
         ``weights.MODELS``: "vista3d", "sam_vit_b", ...), or None when its checkpoint is here (or a
         file was named)."""
-        from VISTA3DSlicerLib import weights as weightsLib
-
-        try:
-            weightsLib.resolve(model, weights)
-        except weightsLib.WeightsNotFoundError:
-            return weightsLib.source_for(model)
-        return None
+        return missing_weights(model, weights)
 
     def downloadWeights(self, source, *, waitForCompletion=True, progress=None, onDone=None, onError=None):
         """Download ``source`` (a ``weights.WeightsSource``) into the cache on the worker; returns its path."""
         from VISTA3DSlicerLib import weights
 
-        self._requireDependencies()
+        requireDependencies()
         return self._run(lambda report, cancel: weights.download(source, progress=report, cancel=cancel),
                          name="Download", waitForCompletion=waitForCompletion, progress=progress, onDone=onDone,
                          onError=onError)
 
-    @staticmethod
-    def _checkpoint(resolve: Callable[[], Path], source, allowDownload: bool):
-        """Where a checkpoint is: ``(path, fetch)``, the file ``resolve`` finds now (None when there is
-        none) and a function for the worker giving the file, that one or, with ``allowDownload``,
-        ``source`` downloaded within the job. Without ``allowDownload`` a missing checkpoint is
-        refused here with what to do."""
-        from VISTA3DSlicerLib import weights
-
-        try:
-            path = resolve()
-        except weights.WeightsNotFoundError:
-            if not allowDownload:
-                raise VISTA3DError(_(
-                    "The {title} are not on this computer. Download them (Model > Download), choose a "
-                    "checkpoint you have (Model > Use a file...), or, from Python, pass allowDownload=True "
-                    "to download them ({size}) from {host}.").format(
-                        title=source.title, host=source.host,
-                        size=f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB"))) from None
-            return None, lambda report, cancel: weights.download(source, progress=report, cancel=cancel)
-        return path, lambda report, cancel: path
-
     def _engineSettings(self, weights, device: str, precision: str, runtime: str, allowDownload: bool):
-        """The ``EngineSettings`` of a job: ``(settings, settingsOf)``, the settings when VISTA3D's
-        checkpoint is here (None when it is still to be downloaded) and a function for the worker
-        giving them, downloading the checkpoint first where that is allowed. A click session made
-        with other settings is dropped now, so that its network can be freed before the next loads."""
-        from VISTA3DSlicerLib import weights as weightsLib
-
-        path, pathOf = self._checkpoint(lambda: weightsLib.resolve("vista3d", weights), weightsLib.source_for("vista3d"),
-                                        allowDownload)
-        settings = EngineSettings(path, device, precision, runtime) if path is not None else None
+        """``EngineSettings.locate``; a click session made with other settings is dropped now, so
+        that its network can be freed before the next one loads."""
+        settings, settingsOf = EngineSettings.locate(weights, device, precision, runtime, allowDownload)
         if self._clickSession is not None and self._clickSession.settings != settings:
             self._clickSession = None
-        return settings, lambda report, cancel: settings or EngineSettings(pathOf(report, cancel), device, precision,
-                                                                           runtime)
+        return settings, settingsOf
 
     def dropEngine(self) -> None:
         """Let the network go (its weights were deleted, say), with the click session that holds it."""
@@ -1317,23 +1203,9 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         """Install what ``missingDependencies`` lists, without asking: PyTorch through the PyTorch
         extension (the build that matches this computer's GPU driver), then the other packages
         with pip. Call it from the main thread (pip in a thread crashes Slicer on macOS)."""
-        unmet = self.missingDependencies(runtime)
-        # torch first: pip would otherwise pull a generic torch build in as a dependency of monai.
-        for torch in (u for u in unmet if u.name == "torch"):
-            self._installTorch(torch.requirement)
-        packages = [u.requirement for u in unmet if u.name != "torch"]
-        if packages:
-            slicer.util.pip_install(packages)
-        importlib.invalidate_caches()
+        from VISTA3DSlicerLib.dependencies import install
 
-    def _requireDependencies(self, runtime: str = "torch") -> None:
-        unmet = self.missingDependencies(runtime)
-        if unmet:
-            raise VISTA3DError(_(
-                "VISTA3D needs these Python packages, which are not installed or not at a version it can use: "
-                "{packages}. Install them from the VISTA3D panel (it offers to when you run it), or in the "
-                "Python console with VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies()."
-            ).format(packages=", ".join(map(str, unmet))))
+        install(self.missingDependencies(runtime), slicer.util.pip_install, self._installTorch)
 
     @staticmethod
     def _installTorch(requirement: str) -> None:

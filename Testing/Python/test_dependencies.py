@@ -52,3 +52,36 @@ def test_a_malformed_line_is_a_programming_error(bad):
 
     with pytest.raises(InvalidRequirement):
         unmet_requirements([bad], installed())
+
+
+def test_install_puts_torch_first_through_its_own_installer_then_the_rest_in_one_pip_call():
+    from VISTA3DSlicerLib.dependencies import install
+
+    calls = []
+    unmet = [UnmetRequirement("monai>=1.5,<1.7", "monai", "1.3.0"), UnmetRequirement("torch>=2.4", "torch", None),
+             UnmetRequirement("psutil>=5.9", "psutil", None)]
+    install(unmet, lambda packages: calls.append(("pip", packages)), lambda torch: calls.append(("torch", torch)))
+    assert calls == [("torch", "torch>=2.4"), ("pip", ["monai>=1.5,<1.7", "psutil>=5.9"])]
+    calls.clear()
+    install([], lambda packages: calls.append(packages), lambda torch: calls.append(torch))
+    assert calls == []
+
+
+def test_require_names_each_unmet_package_and_how_to_install_it(monkeypatch):
+    from VISTA3DSlicerLib import dependencies
+    from VISTA3DSlicerLib.errors import VISTA3DError
+
+    dependencies.require()  # this machine meets them
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:  # this machine without monai and psutil
+        if name in ("monai", "psutil"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(VISTA3DError) as error:
+        dependencies.require()
+    message = str(error.value)
+    assert "monai>=1.5,<1.7 (not installed)" in message and "psutil>=5.9 (not installed)" in message
+    assert "installDependencies()" in message

@@ -245,3 +245,46 @@ def test_wait_on_the_worker_thread_is_refused(worker):
     submitted.set()
     with pytest.raises(RuntimeError, match="itself"):
         jobs[0].wait(PATIENCE)
+
+
+def test_run_applies_the_result_on_the_caller_s_thread_and_returns_what_apply_made(worker):
+    threads, done = [], []
+    pumped = []
+    value = worker.run(lambda progress, cancel: threading.current_thread().name, name="job",
+                       apply=lambda result: (threads.append(threading.current_thread()), result + " applied")[1],
+                       on_done=done.append, pump=lambda: pumped.append(1))
+    assert value == "VISTA3D worker applied" and done == [value]
+    assert threads == [threading.current_thread()] and pumped
+
+
+def test_run_raises_an_error_of_apply_like_the_job_s_own_and_tells_on_error(worker):
+    errors = []
+
+    def apply(result):
+        raise VISTA3DError("The segmentation was deleted meanwhile.")
+
+    with pytest.raises(VISTA3DError, match="deleted meanwhile"):
+        worker.run(lambda progress, cancel: 1, name="job", apply=apply, on_error=errors.append)
+    assert [str(e) for e in errors] == ["The segmentation was deleted meanwhile."]
+
+
+def test_run_without_waiting_returns_the_job_and_a_set_token_cancels_a_waited_one(worker):
+    from VISTA3DSlicerLib.progress import CancelToken
+
+    started, proceed = gate(), gate()
+    job = worker.run(blocker(started, proceed, "later"), name="background", wait=False)
+    assert not job.done
+    proceed.set()
+    assert job.wait(timeout=PATIENCE) == "later"
+
+    token = CancelToken()
+    started, proceed = gate(), gate()
+
+    def pump():
+        if token.cancelled:  # the pump after: run has cancelled the job by now; let it go on to see that
+            proceed.set()
+        elif started.is_set():
+            token.cancel()  # the user pressed Cancel while the job ran
+
+    with pytest.raises(Cancelled):
+        worker.run(blocker(started, proceed), name="cancelled", pump=pump, cancel=token)

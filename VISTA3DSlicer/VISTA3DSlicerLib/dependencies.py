@@ -9,12 +9,13 @@ Only the standard library is imported at module level (Slicer imports this at st
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["UnmetRequirement", "requirements", "unmet_requirements"]
+__all__ = ["UnmetRequirement", "requirements", "unmet_requirements", "require", "install"]
 
 _FOLDER = Path(__file__).resolve().parent
 #: The requirements files: the package's own, and those of each optional runtime.
@@ -66,3 +67,30 @@ def unmet_requirements(
         if installed is None or not requirement.specifier.contains(installed, prereleases=True):
             unmet.append(UnmetRequirement(text, requirement.name, installed))
     return unmet
+
+
+def require(runtime: Optional[str] = None) -> None:
+    """Refuse to run while a requirement (of ``runtime`` too) is unmet, naming each and what to do."""
+    unmet = unmet_requirements(requirements(runtime))
+    if unmet:
+        from .errors import VISTA3DError
+
+        raise VISTA3DError(
+            "VISTA3D needs these Python packages, which are not installed or not at a version it can use: "
+            f"{', '.join(map(str, unmet))}. Install them from the VISTA3D panel (it offers to when you run it), "
+            "or in Slicer's Python console with VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies() "
+            "(outside Slicer: pip install vista3dslicer)."
+        )
+
+
+def install(unmet: list[UnmetRequirement], pip_install: Callable[[list[str]], None],
+            install_torch: Callable[[str], None]) -> None:
+    """Install the ``unmet`` requirements: torch first, with ``install_torch(requirement)`` (in Slicer,
+    the PyTorch extension, which picks the build for the GPU driver; pip would otherwise pull a
+    generic torch in as a dependency of monai), then the others in one ``pip_install(requirements)``."""
+    for torch in (u for u in unmet if u.name == "torch"):
+        install_torch(torch.requirement)
+    packages = [u.requirement for u in unmet if u.name != "torch"]
+    if packages:
+        pip_install(packages)
+    importlib.invalidate_caches()

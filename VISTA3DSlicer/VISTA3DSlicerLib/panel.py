@@ -5,7 +5,8 @@
   to rewrite.
 - ``EngineSettings``, ``EngineCache`` and ``ClickSession``: the one network the panel keeps
   loaded, and the click editor of one volume with the settings it was made for.
-- ``WEIGHTS_MODELS`` and ``weights_status``: the Model section's weights row.
+- ``WEIGHTS_MODELS``, ``weights_status``, ``missing_weights`` and ``locate_checkpoint``: the Model
+  section's weights row, and where a job's checkpoint comes from (a download only when allowed).
 
 The Slicer module reads nodes into ``Image``s and masks (``slicer_adapter``), runs these on its
 worker thread, and writes what they return back into MRML on the main thread.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PointPrompt", "ClickEditor", "EngineSettings", "EngineCache", "ClickSession", "WeightsModel", "WEIGHTS_MODELS", "WeightsStatus", "weights_status",
+    "missing_weights", "locate_checkpoint", "click_session_for",
 ]
 
 # ---------------------------------------------------------------------------------- the clicks
@@ -198,6 +200,17 @@ class EngineSettings:
     precision: str
     runtime: str
 
+    @classmethod
+    def locate(cls, weights: Union[str, Path, None], device: str, precision: str, runtime: str,
+               allow_download: bool) -> tuple[Optional["EngineSettings"], Callable[[ProgressCallback, CancelToken],
+                                                                                    "EngineSettings"]]:
+        """The settings of a job: ``(settings, settings_of)``, the settings when VISTA3D's checkpoint
+        is here (None while it is still to be downloaded) and a function for the worker giving them,
+        downloading the checkpoint first where that is allowed (``locate_checkpoint``)."""
+        path, path_of = locate_checkpoint("vista3d", weights, allow_download)
+        settings = cls(path, device, precision, runtime) if path is not None else None
+        return settings, lambda report, cancel: settings or cls(path_of(report, cancel), device, precision, runtime)
+
 
 class EngineCache:
     """The one network the panel keeps loaded, for the settings it was last asked for.
@@ -239,6 +252,29 @@ class ClickSession:
     volume: tuple[str, int]
     settings: EngineSettings
     editor: ClickEditor
+
+
+def click_session_for(current: Optional[ClickSession], volume: tuple[str, int], settings: Optional[EngineSettings],
+                      settings_of: Callable[[ProgressCallback, CancelToken], EngineSettings],
+                      read_image: Callable[[], Image], engines: EngineCache
+                      ) -> tuple[Optional[ClickSession], Callable[[ProgressCallback, CancelToken], ClickSession]]:
+    """The session clicks on ``volume`` with these settings use: ``(keep, session_of)``, the session
+    to keep now and a function for the worker giving the one to use. The current session when it
+    matches; else None now (so that its network can be freed before the worker loads another) and a
+    new session made on the worker, on the image ``read_image`` reads now (on the calling thread:
+    the Slicer Logic reads MRML there). ``settings`` is None while a checkpoint is to be downloaded."""
+    if current is not None and (current.volume, current.settings) == (volume, settings):
+        return current, lambda report, cancel: current
+    image = read_image()
+
+    def make(report: ProgressCallback, cancel: CancelToken) -> ClickSession:
+        from .interactive import Session
+
+        chosen = settings_of(report, cancel)
+        # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
+        return ClickSession(volume, chosen, ClickEditor(Session(engines.get(chosen), image)))
+
+    return None, make
 
 
 # --------------------------------------------------------------------------------- the weights
@@ -302,3 +338,37 @@ def weights_status(model: WeightsModel, explicit: Optional[str | Path] = None) -
     in_cache = path.parent == weights.cache_dir() and path.name == source.filename
     origin = "downloaded" if in_cache else "your file"
     return WeightsStatus(True, path, in_cache, f"Ready ({origin}): {path}")
+
+
+def missing_weights(model: str = "vista3d", explicit: Union[str, Path, None] = None) -> Optional["WeightsSource"]:
+    """The source that a permitted download would fetch for ``model`` (one of ``weights.MODELS``),
+    or None when its checkpoint is here (or a file was named)."""
+    from . import weights
+
+    try:
+        weights.resolve(model, explicit)
+    except weights.WeightsNotFoundError:
+        return weights.source_for(model)
+    return None
+
+
+def locate_checkpoint(model: str, explicit: Union[str, Path, None], allow_download: bool
+                      ) -> tuple[Optional[Path], Callable[[ProgressCallback, CancelToken], Path]]:
+    """Where ``model``'s checkpoint is: ``(path, fetch)``, the file found now (None when there is
+    none) and a function for the worker giving the file: that one or, with ``allow_download``, the
+    download made within the job. Without ``allow_download`` a missing checkpoint is refused here,
+    with what to do in the panel and from Python."""
+    from . import weights
+
+    try:
+        path = weights.resolve(model, explicit)
+    except weights.WeightsNotFoundError:
+        source = weights.source_for(model)
+        if not allow_download:
+            size = f"{source.size / 1e6:,.0f} MB" if source.size else "about 0.4 to 2.6 GB"
+            raise VISTA3DError(
+                f"The {source.title} are not on this computer. Download them (Model > Download), choose a "
+                "checkpoint you have (Model > Use a file...), or, from Python, pass allowDownload=True "
+                f"to download them ({size}) from {source.host}.") from None
+        return None, lambda report, cancel: weights.download(source, progress=report, cancel=cancel)
+    return path, lambda report, cancel: path

@@ -443,3 +443,67 @@ def load_terminology_contexts() -> None:
     if labels.ANATOMIC_CONTEXT not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
         if not logic.LoadRegionContextFromFile(str(region_path)):
             logging.warning("Slicer could not load the VISTA3D region context %s", region_path)
+
+
+# ------------------------------------------------------------------------------ nodes the module makes
+
+
+def new_segmentation_node(volume_node, name: str):
+    """A new segmentation for ``volume_node`` (a unique ``name`` in the scene): its geometry, shown,
+    and under the volume's transform so that the segments move with the volume."""
+    scene = volume_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    return node
+
+
+def point_list_node(scene, name: str, color: tuple[float, float, float], label: str):
+    """The scene's point list ``name``, made on first use: points of ``color`` labelled ``label``."""
+    node = scene.GetFirstNodeByName(name)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetPointLabelsVisibility(False)
+        node.SetMarkupLabelFormat(label)
+    return node
+
+
+def segment_labels(segmentation_node) -> list[tuple[str, Optional[int]]]:
+    """Each segment's name and VISTA3D label value (None: a segment the user drew), in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [(segmentation.GetNthSegment(i).GetName(), segment_label(segmentation_node, segmentation.GetNthSegmentID(i)))
+            for i in range(segmentation.GetNumberOfSegments())]
+
+
+def show_label_volume(labels: Image, node, scene, name: str, volume_node):
+    """``labels`` (supervoxels, say) in a labelmap volume shown with random colours: into ``node``
+    when it is still in the scene, else a new one named ``name``; under ``volume_node``'s transform."""
+    import slicer.util
+
+    if node is None or node.GetScene() is None:
+        node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        node.CreateDefaultDisplayNodes()
+        node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeRandom")
+    slicer.util.updateVolumeFromArray(node, labels.array.transpose(2, 1, 0).astype("uint16"))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(labels.affine))
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    return node
+
+
+def outline_in_slice_views(label_node, show: bool) -> None:
+    """Show ``label_node`` as outlines over every slice view, or take it away (leaving a label layer
+    the user chose alone)."""
+    scene = label_node.GetScene()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").SetUseLabelOutline(True)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if show:
+            composite.SetLabelVolumeID(label_node.GetID())
+        elif composite.GetLabelVolumeID() == label_node.GetID():
+            composite.SetLabelVolumeID(None)

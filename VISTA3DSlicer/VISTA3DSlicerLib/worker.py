@@ -164,6 +164,56 @@ class Worker:
             self._lock.notify()
         return job
 
+    def run(
+        self,
+        function: JobFunction,
+        *,
+        name: str,
+        key: Optional[str] = None,
+        wait: bool = True,
+        pump: Optional[Callable[[], None]] = None,
+        progress: Optional[ProgressCallback] = None,
+        apply: Optional[Callable[[Any], Any]] = None,
+        on_done: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Any:
+        """``function(progress, cancel)`` on the worker, then ``apply(result)`` on the dispatching
+        thread (where the Slicer Logic writes into the scene); ``apply``'s value is the job's result,
+        for ``on_done``. An error of ``apply`` is handled like the job's own (``on_error``).
+
+        With ``wait`` (the Logic's ``waitForCompletion``) it returns that result or raises the
+        error, calling ``pump`` while it waits (``slicer.app.processEvents``: Slicer stays
+        responsive) and cancelling the job once ``cancel`` is set. Without, it returns the ``Job``.
+        """
+        outcome: dict = {}
+
+        def done(result: Any) -> None:
+            try:
+                outcome["value"] = apply(result) if apply is not None else result
+            except Exception as error:  # writing the result failed: report it like a failed job
+                outcome["error"] = error
+                if on_error is not None:
+                    on_error(error)
+                return
+            if on_done is not None:
+                on_done(outcome["value"])
+
+        job = self.submit(function, name=name, key=key, on_progress=progress, on_done=done, on_error=on_error)
+        if not wait:
+            return job
+
+        def pump_and_cancel() -> None:
+            if cancel is not None and cancel.cancelled:
+                job.cancel()
+            if pump is not None:
+                pump()
+
+        job.wait(pump=pump_and_cancel)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
     def dispatch(self) -> int:
         """Run the queued callbacks on this thread, oldest first; return how many ran.
 
