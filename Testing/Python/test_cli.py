@@ -426,10 +426,13 @@ def test_a_terminal_that_only_takes_ascii_gets_the_path_escaped_not_a_crash(tmp_
     import subprocess
     import sys
 
-    checkpoint = tmp_path / "Müller" / "model.pt"
-    checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"weights")
-    environment = {**os.environ, "VISTA3D_WEIGHTS": str(checkpoint), "LC_ALL": "C", "PYTHONUTF8": "0",
+    # Bytes: under an ASCII locale (the CI's) this process cannot name the folder as text either.
+    folder = os.path.join(os.fsencode(tmp_path), "Müller".encode("utf-8"))
+    os.mkdir(folder)
+    checkpoint = os.path.join(folder, b"model.pt")
+    with open(checkpoint, "wb") as handle:
+        handle.write(b"weights")
+    environment = {**os.environ, "VISTA3D_WEIGHTS": checkpoint, "LC_ALL": "C", "PYTHONUTF8": "0",
                    "PYTHONCOERCECLOCALE": "0"}
     environment.pop("PYTHONIOENCODING", None)
     result = subprocess.run(

@@ -340,7 +340,7 @@ def download(
         if _already_there(final, source, progress):  # the process we waited for got it
             return final
         part = final.with_name(final.name + ".part")
-        _fetch_with_retries(source, part, progress, cancel, timeout, chunk_size)
+        _fetch_with_retries(_Transfer(source, part, progress, cancel, timeout, chunk_size))
 
         report(progress, part.stat().st_size, part.stat().st_size, "Verifying the weights")
         problem = _mismatch(part, source)
@@ -460,22 +460,28 @@ class _Retry(Exception):
     """A transient failure: try again from where the ``.part`` file ends."""
 
 
-def _fetch_with_retries(
-    source: WeightsSource,
-    part: Path,
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-    timeout: float,
-    chunk_size: int,
-) -> None:
+@dataclass(frozen=True)
+class _Transfer:
+    """One download: what is fetched, into which ``.part`` file, and how."""
+
+    source: WeightsSource
+    part: Path
+    progress: Optional[ProgressCallback]
+    cancel: Optional[CancelToken]
+    timeout: float
+    chunk_size: int
+
+
+def _fetch_with_retries(transfer: _Transfer) -> None:
     import requests
 
+    source, part = transfer.source, transfer.part
     failures = 0
     while True:
-        check_cancelled(cancel)
+        check_cancelled(transfer.cancel)
         before = part.stat().st_size if part.exists() else 0
         try:
-            _fetch_once(source, part, progress, cancel, timeout, chunk_size)
+            _fetch_once(transfer)
             return
         except (_Retry, requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
@@ -490,20 +496,15 @@ def _fetch_with_retries(
             time.sleep(_RETRY_DELAY * failures)
 
 
-def _fetch_once(
-    source: WeightsSource,
-    part: Path,
-    progress: Optional[ProgressCallback],
-    cancel: Optional[CancelToken],
-    timeout: float,
-    chunk_size: int,
-) -> None:
-    """One HTTP request: append to ``part`` from where it ends (or restart it)."""
+def _fetch_once(transfer: _Transfer) -> None:
+    """One HTTP request: append to the ``.part`` file from where it ends (or restart it)."""
     import requests
+
+    source, part, progress, cancel = transfer.source, transfer.part, transfer.progress, transfer.cancel
 
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
-    with requests.get(source.url, headers=headers, stream=True, timeout=timeout) as response:
+    with requests.get(source.url, headers=headers, stream=True, timeout=transfer.timeout) as response:
         if response.status_code == 416:  # nothing left after `have`: complete, or not this file
             length = response.headers.get("Content-Range", "").rpartition("/")[2]
             if (length.isdigit() and int(length) == have) or source.size == have:
@@ -519,13 +520,13 @@ def _fetch_once(
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else (source.size or 0)
         done = start
-        message = f"Downloading the VISTA3D weights from {source.host}"
+        message = f"Downloading the {source.title} from {source.host}"
         report(progress, done, total, message)
         try:
             with open(part, "ab" if start else "wb") as f:
                 # If the connection is cut, the chunk being read is lost (requests does not hand
                 # out a short read): a resume repeats at most one chunk.
-                for chunk in response.iter_content(chunk_size):
+                for chunk in response.iter_content(transfer.chunk_size):
                     f.write(chunk)
                     done += len(chunk)
                     report(progress, done, total, message)
