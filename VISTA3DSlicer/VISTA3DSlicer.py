@@ -41,7 +41,7 @@ from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
 from VISTA3DSlicerLib.dependencies import require as requireDependencies
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
-from VISTA3DSlicerLib.io import ct_warning
+from VISTA3DSlicerLib.ct_check import ct_warning
 from VISTA3DSlicerLib.panel import (
     WEIGHTS_MODELS, ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for,
     locate_checkpoint, missing_weights, segments_replaced, weights_status,

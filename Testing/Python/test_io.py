@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
-from VISTA3DSlicerLib import io
+from VISTA3DSlicerLib import io, preview
 from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 
@@ -296,14 +296,14 @@ def test_existing_labelmap_is_kept_unless_overwrite(tmp_path, extension):
 
 def test_existing_preview_is_kept_unless_overwrite(tmp_path):
     image = Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
-    path = io.write_preview_png(image, image.with_array(np.zeros((4, 4, 4), np.uint8)), tmp_path / "p.png")
+    path = preview.write_preview_png(image, image.with_array(np.zeros((4, 4, 4), np.uint8)), tmp_path / "p.png")
     before = path.read_bytes()
 
     with pytest.raises(VISTA3DError, match="--overwrite"):
-        io.write_preview_png(image, image.with_array(np.ones((4, 4, 4), np.uint8)), path)
+        preview.write_preview_png(image, image.with_array(np.ones((4, 4, 4), np.uint8)), path)
     assert path.read_bytes() == before
 
-    io.write_preview_png(image, image.with_array(np.ones((4, 4, 4), np.uint8)), path, overwrite=True)
+    preview.write_preview_png(image, image.with_array(np.ones((4, 4, 4), np.uint8)), path, overwrite=True)
     assert path.read_bytes() != before
 
 
@@ -675,7 +675,7 @@ def test_preview_orientation_aspect_and_colours(tmp_path, shape, affine):
         labels[rod] = label
     image = Image(volume, affine)
 
-    path = io.write_preview_png(image, image.with_array(labels), tmp_path / "preview.png")
+    path = preview.write_preview_png(image, image.with_array(labels), tmp_path / "preview.png")
 
     png = np.asarray(PILImage.open(path).convert("RGB"))
     grey = 128  # 40 HU in the window 40 +- 200
@@ -704,7 +704,7 @@ def test_preview_of_unlabelled_volume(tmp_path):
     from PIL import Image as PILImage
 
     image = Image(np.random.default_rng(0).normal(100, 20, size=(20, 10, 5)).astype(np.float32), np.eye(4))
-    path = io.write_preview_png(image, image.with_array(np.zeros((20, 10, 5), np.uint8)), tmp_path / "p.png")
+    path = preview.write_preview_png(image, image.with_array(np.zeros((20, 10, 5), np.uint8)), tmp_path / "p.png")
     png = PILImage.open(path)
     assert png.format == "PNG" and png.mode == "RGB"
     assert np.asarray(png).std() > 10  # an MR-like range is windowed by percentiles, not left black
@@ -713,7 +713,7 @@ def test_preview_of_unlabelled_volume(tmp_path):
 def test_preview_needs_labels_on_the_image_grid(tmp_path):
     image = Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
     with pytest.raises(VISTA3DError, match="grid"):
-        io.write_preview_png(image, Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), tmp_path / "p.png")
+        preview.write_preview_png(image, Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), tmp_path / "p.png")
 
 
 def test_preview_of_real_ct(tmp_path):
@@ -723,7 +723,7 @@ def test_preview_of_real_ct(tmp_path):
     reference = io.read_image(shared_file("example_seg.nii.gz"))  # TotalSegmentator IDs, good for a look
     labels = reference.with_array(np.clip(reference.array, 0, 132).astype(np.uint8))
 
-    path = io.write_preview_png(image, labels, tmp_path / "ct.png")
+    path = preview.write_preview_png(image, labels, tmp_path / "ct.png")
 
     png = np.asarray(PILImage.open(path).convert("RGB")).astype(int)
     # 366 x 303 x 90 mm: the widest view (axial or coronal, 366 mm) is 400 pixels wide.
@@ -733,7 +733,8 @@ def test_preview_of_real_ct(tmp_path):
 
 
 def test_ct_warning_passes_a_ct_and_flags_mr_and_raw_values(example_ct):
-    from VISTA3DSlicerLib.io import ct_warning, read_image
+    from VISTA3DSlicerLib.ct_check import ct_warning
+    from VISTA3DSlicerLib.io import read_image
 
     ct = read_image(example_ct)
     assert ct_warning(ct) is None

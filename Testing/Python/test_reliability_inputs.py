@@ -12,7 +12,8 @@ from VISTA3DSlicerLib.engine import Engine
 from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.interactive import Click, Session
-from VISTA3DSlicerLib.io import ct_warning, read_image
+from VISTA3DSlicerLib.ct_check import ct_warning
+from VISTA3DSlicerLib.io import read_image
 
 #: Where a label may appear around the body (the preprocessing crop's margin is 10 voxels of 1.5 mm).
 MARGIN_MM = 15.0

@@ -285,7 +285,8 @@ def segment_cases(
 
 def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, on_labelmap, on_result, progress,
                    cancel) -> BatchReport:
-    from .io import write_labelmap, write_preview_png
+    from .io import write_labelmap
+    from .preview import write_preview_png
 
     def output(case: BatchCase) -> Optional[Path]:
         return None if out_dir is None else out_dir / f"{case.name}.{output_format}"
@@ -317,7 +318,7 @@ def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, o
 
     # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
     # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
-    # io.write_atomically): it stays, since it may be another batch's write in progress in this folder;
+    # atomic_write.write_atomically): it stays, since it may be another batch's write in progress in this folder;
     # being hidden, it is never taken for an output, nor for an input by find_inputs.
     summary = None if out_dir is None else out_dir / SUMMARY_NAME
     earlier = _read_summary(summary) if summary is not None else {}  # before this run replaces it
@@ -399,7 +400,7 @@ def _read_summary(path: Path) -> dict[str, dict]:
 
 def _write_summary(path: Path, rows: list[dict]) -> None:
     """Replace the summary atomically: a kill leaves the previous one whole, never a part of this one."""
-    from .io import write_atomically
+    from .atomic_write import write_atomically
 
     def write(temporary: Path) -> None:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:

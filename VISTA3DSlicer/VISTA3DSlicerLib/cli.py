@@ -211,7 +211,8 @@ class _ClickAction(argparse.Action):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .io import write_labelmap, write_preview_png
+    from .io import write_labelmap
+    from .preview import write_preview_png
 
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else None
@@ -317,7 +318,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
 def _read_ct(path) -> "Image":
     """The image, with a warning on stderr when it does not look like a CT: VISTA3D is a CT model,
     and on MR or unscaled values it gives confident nonsense."""
-    from .io import ct_warning, read_image
+    from .ct_check import ct_warning
+    from .io import read_image
 
     image = read_image(path)
     warning = ct_warning(image)

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from . import io
+from .atomic_write import write_atomically
 from .errors import VISTA3DError
 from .geometry import Image, bounding_box
 from .labels import Code, LabelInfo, label_info, label_table, next_zero_shot_id
@@ -245,7 +246,7 @@ def write_colour_table(infos: Iterable[LabelInfo], path: str | os.PathLike, *, o
             writer.writeheader()
             writer.writerows(colour_table_rows(infos))
 
-    return io.write_atomically(path, ".csv", overwrite, write)
+    return write_atomically(path, ".csv", overwrite, write)
 
 
 def colour_table_path_for(labelmap_path: str | os.PathLike) -> Path:
