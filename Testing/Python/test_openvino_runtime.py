@@ -48,8 +48,8 @@ def test_openvino_features_are_pytorchs_up_to_rounding(home, small_network):
     engine.prepare_runtime(lambda done, total, message: messages.append(message))
     window = torch.randn(1, 1, WINDOW, WINDOW, WINDOW, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        expected = engine._window_features(window)
-    features = engine._openvino.features("fp32", 1)(window)
+        expected = engine.windows.window_features(window)
+    features = engine.windows.openvino.features("fp32", 1)(window)
     assert features.shape == expected.shape == (1, 16, WINDOW, WINDOW, WINDOW)
     assert features.dtype == torch.float32
     error = (features - expected).abs().max().item()

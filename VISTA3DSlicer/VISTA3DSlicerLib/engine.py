@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -199,16 +199,14 @@ class Engine:
             torch.backends.cudnn.benchmark = True
         autocast(self.device, precision)  # rejects an unknown precision or fp16 on a CPU now, not mid-run
         self.network = network.to(self.device).eval()
-        # The class-feature path needs VISTA3D's parts, not only its forward (which test networks may be alone).
-        head = getattr(network, "class_head", None)
-        self.feature_channels = head.class_embeddings.embedding_dim if head is not None else math.inf
-        self._openvino = None
-        if runtime == "openvino":
-            if head is None:
-                raise VISTA3DError("The OpenVINO runtime needs VISTA3D's image encoder and class head.")
-            from .openvino_runtime import OpenVINOWindows
-
-            self._openvino = OpenVINOWindows(self.network, self._window_features, WINDOW)
+        #: How each window is computed, chosen once: VISTA3D's parts, or its forward alone.
+        self.windows: WindowComputation
+        if hasattr(network, "class_head"):
+            self.windows = ClassHeadWindows(self.network, runtime)
+        elif runtime == "openvino":
+            raise VISTA3DError("The OpenVINO runtime needs VISTA3D's image encoder and class head.")
+        else:
+            self.windows = ForwardWindows(self.network)
 
     @classmethod
     def from_weights(
@@ -228,8 +226,7 @@ class Engine:
         """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the
         network (minutes, once for these weights; then read from its cache) and compiles it for the
         engine's precision and window batch. PyTorch needs nothing."""
-        if self._openvino is not None:
-            self._openvino.features(self.precision, self.window_batch, progress)
+        self.windows.prepare(self.precision, self.window_batch, progress)
 
     def segment(
         self,
@@ -282,9 +279,8 @@ class Engine:
         )
 
     def stitched_channels(self, classes: int) -> int:
-        """Channels stitched over the volume for ``classes`` classes: the logits, or the class head's
-        image features when there are fewer of them (48 in vista3d132, against 117 classes for everything)."""
-        return min(classes, self.feature_channels)
+        """Channels stitched over the volume for ``classes`` classes (``WindowComputation``)."""
+        return self.windows.stitched_channels(classes)
 
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
@@ -341,7 +337,7 @@ class Engine:
         with torch.inference_mode():
             image = prepared.tensor.as_tensor().to(placement.network)
             labels = torch.zeros(prepared.spatial_shape, dtype=torch.int32, device=stitching)
-            forward, to_labels = self._class_path(class_ids, placement, progress)
+            forward, to_labels = self.windows.plan(class_ids, placement, progress)
 
             def label_slab(slab: torch.Tensor, x0: int) -> None:
                 # A few first-axis planes at a time, so that the logits (or the flat copy of the
@@ -364,80 +360,6 @@ class Engine:
             check_cancelled(cancel)  # resampling the labels back takes seconds on a large volume
             restored = prepared.restore(labels)
         return np.rint(restored).astype(np.uint8)
-
-    def _class_path(
-        self, class_ids: Sequence[int], placement: Placement, progress: Optional[ProgressCallback] = None
-    ) -> tuple[Callable[["torch.Tensor"], "torch.Tensor"], Callable[["torch.Tensor"], "torch.Tensor"]]:
-        """What each window computes for ``class_ids`` and how a stitched slab of it becomes global IDs.
-
-        With more classes than the class head has features, the windows give the features and a slab's
-        logits are made from them (``_features_to_labels``); otherwise the windows give the logits. The
-        network's parts are called directly: ``VISTA3D.forward`` empties the CUDA cache after every
-        window, which makes the next window allocate its memory from the driver again. With OpenVINO,
-        it computes the features and the class head's product is taken here.
-        """
-        import torch
-
-        class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
-        classes = len(class_ids)
-
-        def to_labels(logits: torch.Tensor) -> torch.Tensor:
-            return _logits_to_labels(logits, class_ids)
-
-        if math.isinf(self.feature_channels):  # only VISTA3D's forward (a test network)
-            prompt = _class_prompt(class_vector)
-            return lambda windows: self.network(windows, **prompt), to_labels
-        if self._openvino is None and self.stitched_channels(classes) == classes:
-
-            def window_logits(windows: torch.Tensor) -> torch.Tensor:
-                # VISTA3D.forward's automatic branch: the class head's [classes, B, ...] turned to [B, classes, ...].
-                return self.network.class_head(self._auto_features(windows), class_vector)[0].transpose(0, 1)
-
-            return window_logits, to_labels
-        # The class head taken apart: the windows' image features, then the embeddings' product with them.
-        embeddings = self._class_embeddings(class_vector, placement)
-        window_features = (
-            self._window_features
-            if self._openvino is None
-            else self._openvino.features(placement.precision, placement.batch, progress)
-        )
-        if self.stitched_channels(classes) < classes:
-            return window_features, lambda slab: self._features_to_labels(slab, embeddings, class_ids, placement)
-        return lambda windows: _class_logits(embeddings, window_features(windows)), to_labels
-
-    def _auto_features(self, windows: "torch.Tensor") -> "torch.Tensor":
-        """The encoder's features for the automatic (class) branch."""
-        return self.network.image_encoder(windows, with_point=False, with_label=True)[1]
-
-    def _window_features(self, windows: "torch.Tensor") -> "torch.Tensor":
-        """The class head's image features of windows (``ClassMappingClassify.image_post_mapping``)."""
-        return self.network.class_head.image_post_mapping(self._auto_features(windows))
-
-    def _class_embeddings(self, class_vector: "torch.Tensor", placement: Placement) -> "torch.Tensor":
-        """The class head's embedding of each class ``[classes, C]``, as the head computes it."""
-        from .model import autocast
-
-        head = self.network.class_head
-        with autocast(placement.network, placement.precision):  # as the head runs inside the network
-            embeddings = head.class_embeddings(class_vector)
-            if head.use_mlp:
-                embeddings = head.mlp(embeddings)
-        return embeddings[:, 0, :]
-
-    def _features_to_labels(
-        self, features: "torch.Tensor", embeddings: "torch.Tensor", class_ids: Sequence[int], placement: Placement
-    ) -> "torch.Tensor":
-        """Global IDs from stitched class-head features ``[C, X, Y, Z]``, as ``_logits_to_labels`` from the logits.
-
-        The class head's logits are its class embeddings times these features, and the stitching is
-        a weighted mean of windows, so stitching the features and then taking the product gives the
-        stitched logits (made here for the few voxels of one chunk at a time).
-        """
-        from .model import autocast
-
-        with autocast(placement.network, placement.precision):
-            logits = _class_logits(embeddings, features.to(placement.network))
-        return _logits_to_labels(logits.float(), class_ids).to(features.device)
 
     @staticmethod
     def _counted(
@@ -462,6 +384,130 @@ class Engine:
             return output
 
         return predict
+
+
+class WindowComputation(Protocol):
+    """How the engine computes each window of automatic segmentation, chosen once per network."""
+
+    def stitched_channels(self, classes: int) -> int:
+        """Channels stitched over the volume for ``classes`` classes."""
+
+    def prepare(self, precision: str, batch: int, progress: Optional[ProgressCallback]) -> None:
+        """Get ready now rather than in the first segmentation (OpenVINO converts the network)."""
+
+    def plan(self, class_ids: Sequence[int], placement: Placement, progress: Optional[ProgressCallback]
+             ) -> tuple[Callable[["torch.Tensor"], "torch.Tensor"], Callable[["torch.Tensor"], "torch.Tensor"]]:
+        """What each window computes for ``class_ids`` and how a stitched slab of it becomes global IDs."""
+
+
+class ForwardWindows:
+    """Windows through ``VISTA3D.forward`` alone, for any module with its signature (a wrapper that
+    counts or fails calls, a probe): each window gives the logits of the classes asked for."""
+
+    def __init__(self, network: "torch.nn.Module"):
+        self.network = network
+
+    def stitched_channels(self, classes: int) -> int:
+        return classes
+
+    def prepare(self, precision: str, batch: int, progress: Optional[ProgressCallback]) -> None:
+        pass  # nothing to convert
+
+    def plan(self, class_ids, placement, progress):
+        import torch
+
+        prompt = _class_prompt(torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1))
+        return (lambda windows: self.network(windows, **prompt)), (lambda logits: _logits_to_labels(logits, class_ids))
+
+
+class ClassHeadWindows:
+    """Windows through VISTA3D's image encoder and class head, called directly.
+
+    ``VISTA3D.forward`` empties the CUDA cache after every window, which makes the next window
+    allocate its memory from the driver again; the parts do not. With more classes than the class
+    head has image features (48 in vista3d132, against 117 classes for everything), the windows
+    give the features and a slab's logits are made from them (``features_to_labels``): the stitched
+    buffer holds 48 channels, not 117. With OpenVINO (``runtime="openvino"``) the features come
+    from OpenVINO and the class head's product is taken here.
+    """
+
+    def __init__(self, network: "torch.nn.Module", runtime: str = "torch"):
+        self.network = network
+        self.feature_channels: int = network.class_head.class_embeddings.embedding_dim
+        self.openvino = None
+        if runtime == "openvino":
+            from .openvino_runtime import OpenVINOWindows
+
+            self.openvino = OpenVINOWindows(network, self.window_features, WINDOW)
+
+    def stitched_channels(self, classes: int) -> int:
+        return min(classes, self.feature_channels)
+
+    def prepare(self, precision: str, batch: int, progress: Optional[ProgressCallback]) -> None:
+        if self.openvino is not None:
+            self.openvino.features(precision, batch, progress)
+
+    def plan(self, class_ids, placement, progress):
+        import torch
+
+        class_vector = torch.as_tensor(class_ids, device=placement.network).unsqueeze(-1)
+        classes = len(class_ids)
+
+        def to_labels(logits: torch.Tensor) -> torch.Tensor:
+            return _logits_to_labels(logits, class_ids)
+
+        if self.openvino is None and self.stitched_channels(classes) == classes:
+
+            def window_logits(windows: torch.Tensor) -> torch.Tensor:
+                # VISTA3D.forward's automatic branch: the class head's [classes, B, ...] turned to [B, classes, ...].
+                return self.network.class_head(self._auto_features(windows), class_vector)[0].transpose(0, 1)
+
+            return window_logits, to_labels
+        # The class head taken apart: the windows' image features, then the embeddings' product with them.
+        embeddings = self._class_embeddings(class_vector, placement)
+        window_features = (
+            self.window_features
+            if self.openvino is None
+            else self.openvino.features(placement.precision, placement.batch, progress)
+        )
+        if self.stitched_channels(classes) < classes:
+            return window_features, lambda slab: self.features_to_labels(slab, embeddings, class_ids, placement)
+        return lambda windows: _class_logits(embeddings, window_features(windows)), to_labels
+
+    def _auto_features(self, windows: "torch.Tensor") -> "torch.Tensor":
+        """The encoder's features for the automatic (class) branch."""
+        return self.network.image_encoder(windows, with_point=False, with_label=True)[1]
+
+    def window_features(self, windows: "torch.Tensor") -> "torch.Tensor":
+        """The class head's image features of windows (``ClassMappingClassify.image_post_mapping``)."""
+        return self.network.class_head.image_post_mapping(self._auto_features(windows))
+
+    def _class_embeddings(self, class_vector: "torch.Tensor", placement: Placement) -> "torch.Tensor":
+        """The class head's embedding of each class ``[classes, C]``, as the head computes it."""
+        from .model import autocast
+
+        head = self.network.class_head
+        with autocast(placement.network, placement.precision):  # as the head runs inside the network
+            embeddings = head.class_embeddings(class_vector)
+            if head.use_mlp:
+                embeddings = head.mlp(embeddings)
+        return embeddings[:, 0, :]
+
+    @staticmethod
+    def features_to_labels(
+        features: "torch.Tensor", embeddings: "torch.Tensor", class_ids: Sequence[int], placement: Placement
+    ) -> "torch.Tensor":
+        """Global IDs from stitched class-head features ``[C, X, Y, Z]``, as ``_logits_to_labels`` from the logits.
+
+        The class head's logits are its class embeddings times these features, and the stitching is
+        a weighted mean of windows, so stitching the features and then taking the product gives the
+        stitched logits (made here for the few voxels of one chunk at a time).
+        """
+        from .model import autocast
+
+        with autocast(placement.network, placement.precision):
+            logits = _class_logits(embeddings, features.to(placement.network))
+        return _logits_to_labels(logits.float(), class_ids).to(features.device)
 
 
 def _class_prompt(class_vector: "torch.Tensor") -> dict:
