@@ -79,6 +79,7 @@ def test_matches_reference_with_anisotropic_spacing(tmp_path, example_ct_crop, s
     assert_nontrivial(ours, 2)
 
 
+@pytest.mark.slow  # the full-size network: the slow tier's (make test-full), as the other vista3d132 runs
 def test_real_vista3d132_on_a_small_crop(tmp_path, example_ct, real_checkpoint):
     """The full-size network (218 M parameters) end to end on one window of the real CT."""
     from VISTA3DSlicerLib.model import load_network
