@@ -276,17 +276,11 @@ def segment_cases(
     and the summary (``SUMMARY_NAME``) is rewritten after each case. ``StopBatch`` from ``segment``
     stops the batch and its cause is raised once the summary is written.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
-    with _folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
-        return _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, on_labelmap, on_result,
-                              progress, cancel)
-
-
-def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, on_labelmap, on_result, progress,
-                   cancel) -> BatchReport:
     from .io import write_labelmap
     from .preview import write_preview_png
+
+    if output_format not in OUTPUT_FORMATS:
+        raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
 
     def output(case: BatchCase) -> Optional[Path]:
         return None if out_dir is None else out_dir / f"{case.name}.{output_format}"
@@ -318,10 +312,10 @@ def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, o
 
     # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
     # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
-    # atomic_write.write_atomically): it stays, since it may be another batch's write in progress in this folder;
-    # being hidden, it is never taken for an output, nor for an input by find_inputs.
+    # atomic_write.write_atomically): it stays, since it may be another batch's write in progress in this
+    # folder; being hidden, it is never taken for an output, nor for an input by find_inputs.
     summary = None if out_dir is None else out_dir / SUMMARY_NAME
-    earlier = _read_summary(summary) if summary is not None else {}  # before this run replaces it
+    earlier: dict[str, dict] = {}  # what the summary said before this run replaces it (read under the lock)
     rows: list[dict] = []
     remaining = iter(cases)  # the results come one per case, in the order of the cases
 
@@ -334,8 +328,11 @@ def _segment_cases(cases, segment, out_dir, output_format, overwrite, preview, o
         rows.append(_summary_row(case, output(case), result, earlier.get(str(output(case)))))
         _write_summary(summary, rows)
 
-    outcome = run_batch(cases, process, name=lambda case: case.name, should_skip=should_skip, on_result=record,
-                        progress=progress, cancel=cancel)
+    with _folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        if summary is not None:
+            earlier.update(_read_summary(summary))
+        outcome = run_batch(cases, process, name=lambda case: case.name, should_skip=should_skip, on_result=record,
+                            progress=progress, cancel=cancel)
     if stopped:
         raise stopped[0]
     return outcome

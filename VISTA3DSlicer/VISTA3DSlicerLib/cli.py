@@ -213,6 +213,7 @@ class _ClickAction(argparse.Action):
 def _segment(args: argparse.Namespace) -> int:
     from .io import write_labelmap
     from .preview import write_preview_png
+    from .labels import automatic_prompt
 
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else None
@@ -221,7 +222,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.clicks or args.label is not None:
         run = _click_job(args)
     else:
-        label_ids = _label_ids(args.labels)
+        label_ids = automatic_prompt(args.labels)
 
         def run(image, engine):
             with _progress_bar(Path(args.image).name) as progress:
@@ -333,13 +334,6 @@ def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
         raise VISTA3DError(f"{path} exists and was left as it is. Pass --overwrite to replace it.")
 
 
-def _label_ids(text: Optional[str]) -> list[int]:
-    """IDs from ``--labels`` (absent: everything)."""
-    from .labels import automatic_prompt
-
-    return automatic_prompt(text)
-
-
 def _engine(args: argparse.Namespace):
     from .engine import Engine
 
@@ -373,10 +367,11 @@ def _batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .batch import StopBatch, file_cases, find_inputs, segment_cases
+    from .labels import automatic_prompt
 
     out_dir = Path(args.output)
     cases = file_cases(find_inputs(args.inputs), out_dir, _read_ct)
-    label_ids = _label_ids(args.labels)
+    label_ids = automatic_prompt(args.labels)
     engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
 
     def segment(case, image, progress, cancel):
