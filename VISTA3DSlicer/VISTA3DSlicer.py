@@ -1,8 +1,10 @@
 """VISTA3D in 3D Slicer: the scripted module (panel, logic, self-test).
 
 Glue only. What the panel does is in ``VISTA3DSlicerLib`` (label picking, the click editor,
-export, the batch queue, the worker thread) and is tested without Slicer; this file binds it to
-the .ui widgets and to MRML nodes. Slicer imports every module at start-up, before VISTA3D's
+export, the batch workflow, the worker thread) and is tested without Slicer; the panel's sections
+(Qt: the label tree, weights, points, zero-shot, batch, export) are in ``VISTA3DSlicerWidgets``.
+This file holds the module, its parameter node, the Widget that puts the sections together and
+reports their jobs, the Logic that binds the library to MRML nodes, and the self-test. Slicer imports every module at start-up, before VISTA3D's
 Python packages may be installed, so this file imports at module level only Slicer, the
 standard library and the ``VISTA3DSlicerLib`` modules that need no third-party package;
 everything needing torch or monai runs on the worker thread, once the panel has installed them.
@@ -14,10 +16,8 @@ per thread); MRML and Qt are touched on the main thread only, in the worker's ca
 QTimer dispatches (or ``Job.wait`` when the caller asks to wait for completion).
 """
 
-import contextlib
 import importlib.util
 import logging
-import traceback
 from pathlib import Path
 from typing import Annotated, Callable, Optional, Union
 
@@ -37,44 +37,31 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VISTA3DSlicerLib import label_picker, labels, slicer_adapter
+from VISTA3DSlicerLib import labels, slicer_adapter
 from VISTA3DSlicerLib.dependencies import require as requireDependencies
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
 from VISTA3DSlicerLib.ct_check import ct_warning
 from VISTA3DSlicerLib.panel import (
-    WEIGHTS_MODELS, ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for,
-    locate_checkpoint, missing_weights, segments_replaced, weights_status,
+    ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for, locate_checkpoint,
+    missing_weights, segments_replaced,
 )
 from VISTA3DSlicerLib.progress import CancelToken, ProgressCallback
 from VISTA3DSlicerLib.worker import Job, Worker
+from VISTA3DSlicerWidgets.batch_section import BatchSection
+from VISTA3DSlicerWidgets.dialogs import downloadAllowed, installDependencies, namesInShort, reportingErrors
+from VISTA3DSlicerWidgets.export_section import EXPORT_FORMATS, ExportSection
+from VISTA3DSlicerWidgets.label_tree import LabelTree
+from VISTA3DSlicerWidgets.points_section import PointsSection
+from VISTA3DSlicerWidgets.weights_section import WeightsSection, chosenWeights
+from VISTA3DSlicerWidgets.zero_shot_section import ZeroShotSection
 
 DOCUMENTATION_URL = "https://github.com/vista3dslicer/SlicerVISTA3D#readme"
-EXPORT_FORMATS = (".nii.gz", ".nrrd", ".seg.nrrd")
-#: QSettings keys of the checkpoint files the user chose with "Use a file..." (one per model).
-WEIGHTS_SETTING = "VISTA3D/weights/{key}"
 #: Voxels of margin around a structure's points for "supervoxels around the points".
 SUPERVOXEL_MARGIN = 24
 POSITIVE_COLOR = (0.2, 0.8, 0.2)
 NEGATIVE_COLOR = (0.9, 0.2, 0.2)
 
-
-
-@contextlib.contextmanager
-def reportingErrors(title: str, waitCursor: bool = False):
-    """The body of a button's slot: a user error (``VISTA3DError``) is shown as its message alone,
-    anything else also with its traceback under "Details" and in the log. Nothing is raised into
-    Qt, which would print a bare traceback (``slicer.util.tryWithErrorDisplay`` raises again)."""
-    try:
-        with slicer.util.WaitCursor() if waitCursor else contextlib.nullcontext():
-            yield
-    except Cancelled:
-        pass  # the user's own choice: nothing to report
-    except VISTA3DError as error:
-        slicer.util.errorDisplay(f"{title}\n\n{error}")
-    except Exception as error:
-        logging.error(title, exc_info=error)
-        slicer.util.errorDisplay(f"{title}\n\n{error}", detailedText=traceback.format_exc())
 
 def moduleResource(relativePath: str) -> Path:
     """A file of the module's ``Resources``: beside this file in an installed extension, at the
@@ -82,12 +69,6 @@ def moduleResource(relativePath: str) -> Path:
     here = Path(__file__).resolve().parent
     candidates = [folder / "Resources" / relativePath for folder in (here, here.parent)]
     return next((path for path in candidates if path.is_file()), candidates[0])
-
-
-def namesInShort(names: list[str], shown: int = 8) -> str:
-    """The first ``shown`` names, then how many more: for a message about many segments."""
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (_(" and {n} more").format(n=more) if more > 0 else "")
 
 
 #
@@ -158,22 +139,16 @@ class VISTA3DSlicerParameterNode:
 
 
 class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: binds the .ui to the logic and shows what the worker reports."""
+    """The module panel: its sections (``VISTA3DSlicerWidgets``) bind the .ui to the logic; this
+    class owns the parameter node, the running job and the status line they report to."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
+        self.parameters: Optional[VISTA3DSlicerParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._selection = label_picker.LabelSelection.from_prompt("everything")
-        self._treeItems: dict = {}  # node key -> QTreeWidgetItem
-        self._updatingTree = False
-        self._runningJob: Optional[Job] = None
-        self._batchCancel: Optional[CancelToken] = None
-        self._shortcuts: list = []
-        self._pointNodes: dict = {}  # True (positive) / False (negative) -> markups node
-        self._settingPoints = False
+        self.runningJob: Optional[Job] = None
         self._ctCheckedKey = None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -188,67 +163,37 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._refreshBatchList)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._refreshBatchList)
-
-        self._buildLabelTree()
-        self.ui.labelTree.connect("itemChanged(QTreeWidgetItem*,int)", self.onTreeItemChanged)
-        self.ui.labelSearchBox.connect("textChanged(QString)", self.onSearch)
-        self.ui.everythingCheckBox.connect("toggled(bool)", self.onEverythingToggled)
+        self.labelTree = LabelTree(self.ui, onTicked=self._onLabelsTicked)
+        self.weights = WeightsSection(self)
+        self.points = PointsSection(self)
+        self.zeroShot = ZeroShotSection(self, self.points)
+        self.batch = BatchSection(self, self.labelTree)
+        self.export = ExportSection(self)
         self.ui.applyButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-
-        for model in WEIGHTS_MODELS:
-            self.ui.weightsModelComboBox.addItem(model.title)
-        self.ui.weightsModelComboBox.connect("currentIndexChanged(int)", self._updateWeightsStatus)
-        self.ui.downloadWeightsButton.connect("clicked(bool)", self.onDownloadWeights)
-        self.ui.browseWeightsButton.connect("clicked(bool)", self.onBrowseWeights)
-        self.ui.openWeightsFolderButton.connect("clicked(bool)", self.onOpenWeightsFolder)
-        self.ui.deleteWeightsButton.connect("clicked(bool)", self.onDeleteWeights)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceInfo)
-
-        self.ui.positivePointButton.connect("toggled(bool)", lambda on: self.onPlacePoints(True, on))
-        self.ui.negativePointButton.connect("toggled(bool)", lambda on: self.onPlacePoints(False, on))
-        self.ui.undoButton.connect("clicked(bool)", lambda: self.onHistory("undo"))
-        self.ui.redoButton.connect("clicked(bool)", lambda: self.onHistory("redo"))
-        self.ui.clearPointsButton.connect("clicked(bool)", self.onClearPoints)
-        self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onTargetSegmentChanged)
-
-        self.ui.newZeroShotSegmentButton.connect("clicked(bool)", self.onNewZeroShotSegment)
-        self.ui.computeSupervoxelsButton.connect("clicked(bool)", self.onComputeSupervoxels)
-        self.ui.snapSlider.connect("valueChanged(double)", self.onSnapChanged)
-        self.ui.showSupervoxelsCheckBox.connect("toggled(bool)", self.logic.showSupervoxelBoundaries)
-
-        self.ui.batchSelectAllCheckBox.connect("toggled(bool)", self.onBatchSelectAll)
-        self.ui.batchRunButton.connect("clicked(bool)", self.onBatch)
-        self.ui.exportButton.connect("clicked(bool)", self.onExport)
-        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
-
         self.initializeParameterNode()
-        self._refreshBatchList()
-        self._updateWeightsStatus()
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self._removeShortcuts()
+        self.points.removeShortcuts()
 
     def enter(self) -> None:
         self.initializeParameterNode()
         self._updateDeviceInfo()  # free GPU memory changes while other modules are used
-        self._installShortcuts()  # only while the panel is shown: no clash with other modules' keys
+        self.points.installShortcuts()
 
     def exit(self) -> None:
-        self._removeShortcuts()
-        for positive in (True, False):
-            self._placeButton(positive).checked = False
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self.points.removeShortcuts()
+        self.points.stopPlacing()
+        if self.parameters:
+            self.parameters.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self.removeObserver(self.parameters, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
-        self._pointNodes.clear()
+        self.points.forgetPointLists()
         self.logic.forgetVolume()
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -257,26 +202,27 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+        if not self.parameters.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+                self.parameters.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[VISTA3DSlicerParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
+        if self.parameters:
+            self.parameters.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self.parameters, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self.parameters = inputParameterNode
+        if self.parameters:
             # Widgets are bound by their "SlicerParameterName" dynamic property in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._parameterNodeGuiTag = self.parameters.connectGui(self.ui)
+            self.addObserver(self.parameters, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        parameters = self._parameterNode
+        parameters = self.parameters
         volumeNode = parameters.inputVolume if parameters else None
-        self._syncTreeWithPrompt()
+        if parameters:
+            self.labelTree.showPrompt(parameters.labels)
         self._updateCtWarning(volumeNode)
         segmentationNode = parameters.outputSegmentation if parameters else None
         self.ui.targetSegmentSelector.setCurrentNode(segmentationNode)
@@ -284,32 +230,31 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.exportSegmentationSelector.setCurrentNode(segmentationNode)
         self.ui.exportDicomButton.enabled = bool(volumeNode and volumeNode.GetAttribute("DICOM.instanceUIDs"))
         self.logic.snapFraction = parameters.snapFraction if parameters else 0.0
-        self._updateButtons()
+        self.updateButtons()
 
-    def _updateButtons(self) -> None:
-        parameters = self._parameterNode
-        busy = self._runningJob is not None or self._batchCancel is not None
-        hasVolume = bool(parameters and parameters.inputVolume)
-        self.ui.applyButton.enabled = hasVolume and bool(self._selection.ids) and not busy
+    def _onLabelsTicked(self, prompt: str) -> None:
+        self.updateButtons()
+        if self.parameters:
+            self.parameters.labels = prompt
+
+    def updateButtons(self) -> None:
+        busy = self.runningJob is not None or self.batch.cancel is not None
+        hasVolume = bool(self.parameters and self.parameters.inputVolume)
+        self.ui.applyButton.enabled = hasVolume and bool(self.labelTree.selection.ids) and not busy
         self.ui.applyButton.toolTip = _("Segment the ticked structures") if hasVolume else _("Select an input volume")
-        hasTarget = hasVolume and bool(self._targetSegmentId())
-        for button in (self.ui.positivePointButton, self.ui.negativePointButton, self.ui.clearPointsButton):
-            button.enabled = hasTarget
-        segmentId = self._targetSegmentId()
-        self.ui.undoButton.enabled = hasTarget and self.logic.canUndo(segmentId)
-        self.ui.redoButton.enabled = hasTarget and self.logic.canRedo(segmentId)
+        self.points.updateButtons(hasVolume)
         self.ui.batchRunButton.enabled = not busy
         self.ui.cancelButton.enabled = busy
 
     # -- status -------------------------------------------------------------------------------
 
-    def _showProgress(self, done: int, total: int, message: str) -> None:
+    def showProgress(self, done: int, total: int, message: str) -> None:
         # An unknown total (0) shows a busy bar: a range of 0 to 0.
         self.ui.progressBar.maximum = max(total, 0)
         self.ui.progressBar.value = min(done, total) if total > 0 else 0
         self.ui.statusLabel.text = message
 
-    def _showError(self, error: BaseException, where=None) -> None:
+    def showError(self, error: BaseException, where=None) -> None:
         """A user error in the status line (and ``where``); a bug with its traceback in the log."""
         if isinstance(error, Cancelled):
             message = _("Cancelled: nothing was changed.")
@@ -322,16 +267,20 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if where is not None:
             where.text = message
 
-    def _finishJob(self) -> None:
-        self._runningJob = None
+    def finishJob(self) -> None:
+        self.runningJob = None
         self.ui.progressBar.maximum = 100
-        self._updateButtons()
+        self.updateButtons()
+
+    def onJobFailed(self, error: BaseException) -> None:
+        self.finishJob()
+        self.showError(error)
 
     def onCancel(self) -> None:
-        if self._runningJob is not None:
-            self._runningJob.cancel()
-        if self._batchCancel is not None:
-            self._batchCancel.cancel()
+        if self.runningJob is not None:
+            self.runningJob.cancel()
+        if self.batch.cancel is not None:
+            self.batch.cancel.cancel()
 
     # -- input checks -------------------------------------------------------------------------
 
@@ -358,467 +307,41 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.deviceInfoLabel.text = describe_device(self.ui.deviceComboBox.currentText)
 
-    # -- label tree ---------------------------------------------------------------------------
-
-    def _buildLabelTree(self) -> None:
-        tree = self.ui.labelTree
-        tree.clear()
-        self._treeItems.clear()
-
-        def add(parentItem, node) -> None:
-            item = qt.QTreeWidgetItem(parentItem)
-            item.setText(0, node.title if node.label_id is None or not node.is_leaf else f"{node.title}  ({node.label_id})")
-            item.setToolTip(0, node.tooltip)
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setData(0, qt.Qt.UserRole, node.key)
-            if node.is_leaf:
-                red, green, blue = labels.label_info(node.label_id).color
-                pixmap = qt.QPixmap(12, 12)
-                pixmap.fill(qt.QColor(red, green, blue))
-                item.setIcon(0, qt.QIcon(pixmap))
-            self._treeItems[node.key] = item
-            for child in node.children:
-                add(item, child)
-
-        for section in label_picker.label_tree():
-            add(tree, section)
-        self._refreshTreeChecks()
-
-    def _refreshTreeChecks(self) -> None:
-        states = {"checked": qt.Qt.Checked, "partial": qt.Qt.PartiallyChecked, "unchecked": qt.Qt.Unchecked}
-        self._updatingTree = True
-        try:
-            for key, item in self._treeItems.items():
-                item.setCheckState(0, states[self._selection.check_state(label_picker.find_node(key))])
-            self.ui.everythingCheckBox.checked = self._selection.includes_everything
-            self.ui.selectionSummaryLabel.text = self._selection.summary()
-        finally:
-            self._updatingTree = False
-        self._updateButtons()
-
-    def onTreeItemChanged(self, item, column) -> None:
-        if self._updatingTree:
-            return
-        node = label_picker.find_node(item.data(0, qt.Qt.UserRole))
-        self._selection.set_checked(node, item.checkState(0) != qt.Qt.Unchecked)
-        self._promptFromSelection()
-
-    def onEverythingToggled(self, checked: bool) -> None:
-        if self._updatingTree:
-            return
-        if checked:
-            self._selection.select_everything()
-        else:
-            self._selection.clear()
-        self._promptFromSelection()
-
-    def _promptFromSelection(self) -> None:
-        self._refreshTreeChecks()
-        if self._parameterNode:
-            self._parameterNode.labels = self._selection.to_prompt()
-
-    def _syncTreeWithPrompt(self) -> None:
-        """The prompt line was edited (or a scene loaded): tick what it names."""
-        if not self._parameterNode or self._updatingTree:
-            return
-        text = self._parameterNode.labels
-        if text == self._selection.to_prompt():
-            return
-        try:
-            self._selection = label_picker.LabelSelection.from_prompt(text) if text.strip() else label_picker.LabelSelection()
-        except VISTA3DError as error:
-            self.ui.selectionSummaryLabel.text = str(error)  # an unknown name: say which, keep the ticks
-            return
-        self._refreshTreeChecks()
-
-    def onSearch(self, text: str) -> None:
-        shown = label_picker.matching_keys(text)
-        for key, item in self._treeItems.items():
-            item.setHidden(key not in shown)
-            item.setExpanded(bool(text.strip()) and key in shown)
-
     # -- automatic segmentation ---------------------------------------------------------------
 
     def onSegment(self) -> None:
-        parameters = self._parameterNode
-        weights = self._chosenWeights("vista3d")
+        parameters = self.parameters
+        weights = chosenWeights("vista3d")
         with reportingErrors(_("Could not start VISTA3D."), waitCursor=False):
-            self._installDependencies(parameters.runtime)
-            self._runningJob = self.logic.segment(
-                parameters.inputVolume, self._selection.ids, parameters.outputSegmentation,
+            installDependencies(self.logic, parameters.runtime)
+            self.runningJob = self.logic.segment(
+                parameters.inputVolume, self.labelTree.selection.ids, parameters.outputSegmentation,
                 device=parameters.device, precision=parameters.precision, runtime=parameters.runtime,
-                weights=weights, replaceExisting=self._replaceExisting(parameters.outputSegmentation),
-                allowDownload=self._downloadAllowed(self.logic.missingWeights(weights)),
-                waitForCompletion=False, progress=self._showProgress,
-                onDone=self._onSegmented, onError=self._onJobFailed,
+                weights=weights,
+                replaceExisting=self._replaceExisting(parameters.outputSegmentation, self.labelTree.selection.ids),
+                allowDownload=downloadAllowed(self.logic.missingWeights(weights)),
+                waitForCompletion=False, progress=self.showProgress,
+                onDone=self._onSegmented, onError=self.onJobFailed,
             )
-        self._updateButtons()
+        self.updateButtons()
 
-    def _replaceExisting(self, segmentationNode) -> bool:
+    def _replaceExisting(self, segmentationNode, labelIds: list[int]) -> bool:
         """Ask before a result replaces segments VISTA3D made earlier (the user's answer, for the
         Logic); a "no" cancels the run."""
-        existing = self.logic.segmentsToReplace(segmentationNode, self._selection.ids) if segmentationNode else []
+        existing = self.logic.segmentsToReplace(segmentationNode, labelIds) if segmentationNode else []
         if not existing:
             return False
-        names = namesInShort(existing)
         if not slicer.util.confirmOkCancelDisplay(
                 _("'{segmentation}' already has {names}. Replace them with the new result?").format(
-                    segmentation=segmentationNode.GetName(), names=names)):
+                    segmentation=segmentationNode.GetName(), names=namesInShort(existing))):
             raise Cancelled()
         return True
 
     def _onSegmented(self, segmentationNode) -> None:
-        self._finishJob()
-        self._parameterNode.outputSegmentation = segmentationNode
+        self.finishJob()
+        self.parameters.outputSegmentation = segmentationNode
         self.ui.statusLabel.text = _("Done: {count} segments in '{name}'.").format(
             count=segmentationNode.GetSegmentation().GetNumberOfSegments(), name=segmentationNode.GetName())
-
-    def _onJobFailed(self, error: BaseException) -> None:
-        self._finishJob()
-        self._showError(error)
-
-    # -- weights ------------------------------------------------------------------------------
-
-    def _weightsModel(self):
-        return WEIGHTS_MODELS[max(self.ui.weightsModelComboBox.currentIndex, 0)]
-
-    @staticmethod
-    def _chosenWeights(key: str) -> Optional[str]:
-        return qt.QSettings().value(WEIGHTS_SETTING.format(key=key)) or None
-
-    def _updateWeightsStatus(self, *args) -> None:
-        model = self._weightsModel()
-        status = weights_status(model, self._chosenWeights(model.model))
-        self.ui.weightsStatusLabel.text = status.text
-        self.ui.downloadWeightsButton.enabled = not status.ready
-        self.ui.deleteWeightsButton.enabled = status.in_cache
-
-    def onDownloadWeights(self) -> None:
-        model = self._weightsModel()
-        with reportingErrors(_("Could not download the weights."), waitCursor=False):
-            self._installDependencies()
-            if not self._askToDownload(model.source):
-                return
-            self._runningJob = self.logic.downloadWeights(
-                model.source, waitForCompletion=False, progress=self._showProgress,
-                onDone=lambda path: (self._finishJob(), self._updateWeightsStatus(),
-                                     setattr(self.ui.statusLabel, "text", _("Downloaded {path}").format(path=path))),
-                onError=self._onJobFailed)
-        self._updateButtons()
-
-    @staticmethod
-    def _askToDownload(source) -> bool:
-        """Whether the user agrees to download ``source``: its size, host, folder and licence are shown."""
-        from VISTA3DSlicerLib.weights import cache_dir
-
-        size = f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB")
-        return slicer.util.confirmOkCancelDisplay(
-            _("The {title} are not on this computer yet. Download them ({size}) from {host} into {folder}?\n\n{licence}")
-            .format(title=source.title, size=size, host=source.host, folder=cache_dir(), licence=source.licence_note))
-
-    def _downloadAllowed(self, missing) -> bool:
-        """``allowDownload`` for a run that needs ``missing`` (a weights source, or None when the
-        checkpoint is here): the user is asked, and a "no" stops the run with what to do instead."""
-        if missing is None:
-            return False
-        if not self._askToDownload(missing):
-            raise VISTA3DError(_("VISTA3D cannot run without the {title}. Download them, or choose a checkpoint "
-                                 "file you already have (Model > Use a file...).").format(title=missing.title))
-        return True
-
-    def _installDependencies(self, runtime: str = "torch") -> None:
-        """Install the packages VISTA3D needs that are missing, after asking; a "no" stops with a message."""
-        unmet = self.logic.missingDependencies(runtime)
-        if not unmet:
-            return
-        packages = ", ".join(map(str, unmet))
-        if not slicer.util.confirmOkCancelDisplay(
-            _("VISTA3D needs these Python packages, which are not installed or not at a version it can use:"
-              "\n\n{packages}\n\nDownload and install them now? This can take a few minutes.").format(packages=packages)
-        ):
-            raise VISTA3DError(_("VISTA3D cannot run without these Python packages: {packages}.").format(packages=packages))
-        with slicer.util.WaitCursor():
-            self.logic.installDependencies(runtime)
-
-    def onBrowseWeights(self) -> None:
-        model = self._weightsModel()
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("Checkpoint of {title}").format(title=model.title), "",
-                                              _("PyTorch checkpoints (*.pt *.pth *.safetensors);;All files (*)"))
-        if path:
-            qt.QSettings().setValue(WEIGHTS_SETTING.format(key=model.model), path)
-            self._updateWeightsStatus()
-
-    def onOpenWeightsFolder(self) -> None:
-        from VISTA3DSlicerLib.weights import cache_dir
-
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
-
-    def onDeleteWeights(self) -> None:
-        from VISTA3DSlicerLib.weights import delete_cached
-
-        model = self._weightsModel()
-        if not slicer.util.confirmOkCancelDisplay(
-                _("Delete the downloaded {title} weights? They can be downloaded again.").format(title=model.title)):
-            return
-        with reportingErrors(_("Could not delete the weights.")):
-            delete_cached(model.source)
-            self.logic.dropEngine()
-        self._updateWeightsStatus()
-
-    # -- points -------------------------------------------------------------------------------
-
-    def _targetSegmentId(self) -> str:
-        return self.ui.targetSegmentSelector.currentSegmentID() or ""
-
-    def _placeButton(self, positive: bool):
-        return self.ui.positivePointButton if positive else self.ui.negativePointButton
-
-    def _pointNode(self, positive: bool):
-        node = self._pointNodes.get(positive)
-        if node is None or node.GetScene() is None:
-            node = self.logic.pointListNode(positive)
-            self._pointNodes[positive] = node
-            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                          slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                          slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
-                self.addObserver(node, event, self.onPointsChanged)
-        return node
-
-    def onPlacePoints(self, positive: bool, on: bool) -> None:
-        if on:
-            self._placeButton(not positive).checked = False
-            slicer.modules.markups.logic().SetActiveList(self._pointNode(positive))
-            interaction = slicer.app.applicationLogic().GetInteractionNode()
-            interaction.SetPlaceModePersistence(1)
-            interaction.SetCurrentInteractionMode(interaction.Place)
-        elif not self._placeButton(not positive).checked:
-            slicer.app.applicationLogic().GetInteractionNode().SwitchToViewTransformMode()
-
-    def onPointsChanged(self, caller=None, event=None) -> None:
-        if self._settingPoints:
-            return
-        parameters = self._parameterNode
-        segmentId = self._targetSegmentId()
-        if not (parameters and parameters.inputVolume and segmentId):
-            self.ui.interactiveStatusLabel.text = _("Choose the segment to correct first.")
-            return
-        self.logic.snapFraction = parameters.snapFraction
-        try:  # a slot: what fails here must reach the panel, not only the console
-            self._installDependencies(parameters.runtime)
-            weights = self._chosenWeights("vista3d")
-            self.logic.updateSegmentFromPoints(
-                parameters.inputVolume, self.ui.targetSegmentSelector.currentNode(), segmentId,
-                self._pointNode(True), self._pointNode(False), device=parameters.device, precision=parameters.precision,
-                runtime=parameters.runtime, weights=weights,
-                allowDownload=self._downloadAllowed(self.logic.missingWeights(weights)),
-                waitForCompletion=False, progress=self._showProgress,
-                onDone=self._onPointsApplied, onError=self._onPointsRefused)
-        except Exception as error:
-            self._onPointsRefused(error)
-
-    def _onPointsApplied(self, changed) -> None:
-        self.ui.interactiveStatusLabel.text = _("Segment updated.") if changed else _("The points changed nothing.")
-        self._showPointsOfTarget()
-        self._updateButtons()
-
-    def _onPointsRefused(self, error: BaseException) -> None:
-        self._showError(error, self.ui.interactiveStatusLabel)
-        self._showPointsOfTarget()  # the refused point is taken away again
-        self._updateButtons()
-
-    def _showPointsOfTarget(self) -> None:
-        """The point lists show the target segment's points (after an undo, a refusal, a switch)."""
-        parameters = self._parameterNode
-        if not (parameters and parameters.inputVolume):
-            return
-        points = self.logic.pointsOf(self._targetSegmentId())
-        self._settingPoints = True
-        try:
-            for positive in (True, False):
-                slicer_adapter.set_markups_points(
-                    self._pointNode(positive), [p.ras for p in points if p.positive == positive], parameters.inputVolume)
-        finally:
-            self._settingPoints = False
-
-    def onHistory(self, which: str) -> None:
-        try:
-            self.logic.stepHistory(
-                which, self._parameterNode.inputVolume, self.ui.targetSegmentSelector.currentNode(),
-                self._targetSegmentId(), waitForCompletion=False, onDone=self._onPointsApplied,
-                onError=self._onPointsRefused)
-        except Exception as error:
-            self._onPointsRefused(error)
-
-    def onClearPoints(self) -> None:
-        self._settingPoints = True
-        try:
-            for positive in (True, False):
-                self._pointNode(positive).RemoveAllControlPoints()
-        finally:
-            self._settingPoints = False
-        self.onPointsChanged()
-
-    def onTargetSegmentChanged(self, segmentId: str) -> None:
-        self._showPointsOfTarget()
-        self._updateButtons()
-
-    def _installShortcuts(self) -> None:
-        if self._shortcuts:
-            return
-        keys = (("A", lambda: self._togglePlace(True)), ("D", lambda: self._togglePlace(False)),
-                ("Ctrl+Z", lambda: self.onHistory("undo")), ("Ctrl+Y", lambda: self.onHistory("redo")))
-        for key, action in keys:
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", action)
-            self._shortcuts.append(shortcut)
-
-    def _removeShortcuts(self) -> None:
-        for shortcut in self._shortcuts:
-            shortcut.setParent(None)
-            shortcut.deleteLater()
-        self._shortcuts = []
-
-    def _togglePlace(self, positive: bool) -> None:
-        button = self._placeButton(positive)
-        if button.enabled:
-            button.checked = not button.checked
-
-    # -- zero-shot ----------------------------------------------------------------------------
-
-    def onNewZeroShotSegment(self) -> None:
-        parameters = self._parameterNode
-        with reportingErrors(_("Could not add a zero-shot segment.")):
-            if not parameters.inputVolume:
-                raise VISTA3DError(_("Select an input volume first."))
-            if not parameters.outputSegmentation:
-                parameters.outputSegmentation = self.logic.newSegmentationNode(parameters.inputVolume)
-            segmentId = self.logic.newZeroShotSegment(
-                parameters.outputSegmentation, parameters.inputVolume, self.ui.zeroShotNameLineEdit.text)
-            self.ui.targetSegmentSelector.setCurrentNode(parameters.outputSegmentation)
-            self.ui.targetSegmentSelector.setCurrentSegmentID(segmentId)
-            self.ui.positivePointButton.checked = True
-            self.ui.interactiveStatusLabel.text = _("Click on the structure in a slice view.")
-
-    def onComputeSupervoxels(self) -> None:
-        parameters = self._parameterNode
-        with reportingErrors(_("Could not compute supervoxels."), waitCursor=False):
-            self._installDependencies()
-            samWeights = self._chosenWeights("sam_vit_b")
-            self._runningJob = self.logic.computeSupervoxels(
-                parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self._targetSegmentId(),
-                device=parameters.device, precision=parameters.precision, samWeights=samWeights,
-                allowDownload=self._downloadAllowed(self.logic.missingWeights(samWeights, "sam_vit_b")),
-                waitForCompletion=False, progress=self._showProgress,
-                onDone=self._onSupervoxels, onError=self._onJobFailed)
-        self._updateButtons()
-
-    def _onSupervoxels(self, count: int) -> None:
-        self._finishJob()
-        self.ui.statusLabel.text = _("{count} supervoxels ready: move the snap slider to snap zero-shot segments.").format(
-            count=count)
-        self.logic.showSupervoxelBoundaries(self.ui.showSupervoxelsCheckBox.checked)
-
-    def onSnapChanged(self, value: float) -> None:
-        segmentId = self._targetSegmentId()
-        self.logic.snapFraction = value
-        if segmentId and self.logic.canUndo(segmentId):
-            self.logic.reshow(self.ui.targetSegmentSelector.currentNode(), segmentId, self._parameterNode.inputVolume,
-                              waitForCompletion=False, onDone=self._onPointsApplied, onError=self._onPointsRefused)
-
-    # -- batch --------------------------------------------------------------------------------
-
-    def _refreshBatchList(self, caller=None, event=None) -> None:
-        if not hasattr(self, "ui"):
-            return
-        checked = {self.ui.batchVolumeList.item(row).data(qt.Qt.UserRole)
-                   for row in range(self.ui.batchVolumeList.count)
-                   if self.ui.batchVolumeList.item(row).checkState() == qt.Qt.Checked}
-        self.ui.batchVolumeList.clear()
-        for volumeNode in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if volumeNode.IsA("vtkMRMLLabelMapVolumeNode") or volumeNode.GetHideFromEditors():
-                continue
-            item = qt.QListWidgetItem(volumeNode.GetName())
-            item.setData(qt.Qt.UserRole, volumeNode.GetID())
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Checked if volumeNode.GetID() in checked else qt.Qt.Unchecked)
-            self.ui.batchVolumeList.addItem(item)
-
-    def onBatchSelectAll(self, checked: bool) -> None:
-        for row in range(self.ui.batchVolumeList.count):
-            self.ui.batchVolumeList.item(row).setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-
-    def onBatch(self) -> None:
-        parameters = self._parameterNode
-        volumeNodes = [slicer.mrmlScene.GetNodeByID(self.ui.batchVolumeList.item(row).data(qt.Qt.UserRole))
-                       for row in range(self.ui.batchVolumeList.count)
-                       if self.ui.batchVolumeList.item(row).checkState() == qt.Qt.Checked]
-        with reportingErrors(_("The batch could not start.")):
-            if not volumeNodes:
-                raise VISTA3DError(_("Tick the volumes to segment first."))
-            if not self._selection.ids:
-                raise VISTA3DError(_("Tick the structures to segment (or Everything) first."))
-            self._installDependencies(parameters.runtime)
-            weights = self._chosenWeights("vista3d")
-            allowDownload = self._downloadAllowed(self.logic.missingWeights(weights))
-            self._batchCancel = CancelToken()
-            self._updateButtons()
-            outputFolder = self.ui.batchOutputPathLineEdit.currentPath or None
-            try:
-                report = self.logic.segmentVolumes(
-                    volumeNodes, self._selection.ids, outputFolder, device=parameters.device,
-                    precision=parameters.precision, runtime=parameters.runtime, weights=weights,
-                    allowDownload=allowDownload, progress=self._showProgress, cancel=self._batchCancel)
-            finally:
-                self._batchCancel = None
-                self._finishJob()
-            summary = report.summary()
-            if outputFolder:
-                summary += " " + _("Files and vista3d_summary.csv: {folder}").format(folder=outputFolder)
-            self.ui.batchReportLabel.text = summary
-            self.ui.statusLabel.text = summary
-
-    # -- export -------------------------------------------------------------------------------
-
-    def onExport(self) -> None:
-        parameters = self._parameterNode
-        segmentationNode = self.ui.exportSegmentationSelector.currentNode()
-        with reportingErrors(_("Export failed."), waitCursor=True):
-            if segmentationNode is None:
-                raise VISTA3DError(_("Choose the segmentation to export."))
-            path = self.ui.exportPathLineEdit.currentPath
-            if not path:
-                raise VISTA3DError(_("Choose the file to export to."))
-            if not path.lower().endswith(EXPORT_FORMATS):
-                path += parameters.exportFormat
-            self._installDependencies()
-            overwrite = False
-            from VISTA3DSlicerLib.export import colour_table_path_for
-
-            existing = [p for p in (Path(path), colour_table_path_for(path)) if p.exists()]
-            if existing:
-                overwrite = slicer.util.confirmOkCancelDisplay(
-                    _("These files exist:\n{files}\nReplace them?").format(files="\n".join(map(str, existing))))
-                if not overwrite:
-                    return
-            result = self.logic.export(segmentationNode, parameters.inputVolume, path, overwrite=overwrite)
-            message = _("Exported {count} segments to {labelmap} and {table}.").format(
-                count=len(result.ids), labelmap=result.labelmap_path, table=result.colour_table_path)
-            if result.overlap_voxels:
-                message += " " + _("{voxels} voxels belonged to more than one segment; the later segment has them.").format(
-                    voxels=result.overlap_voxels)
-            self.ui.statusLabel.text = message
-
-    def onExportDicom(self) -> None:
-        segmentationNode = self.ui.exportSegmentationSelector.currentNode()
-        if segmentationNode is None:
-            return
-        # Slicer's own DICOM export writes a DICOM SEG that references the source series.
-        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
-        dialog = slicer.qSlicerDICOMExportDialog()
-        dialog.setMRMLScene(slicer.mrmlScene)
-        dialog.execDialog(shNode.GetItemByDataNode(segmentationNode))
 
 
 #

@@ -31,6 +31,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "VISTA3DSlicer"
 MODULE_FILE = MODULE_DIR / "VISTA3DSlicer.py"
+#: The panel's sections (Qt), imported only by the module file.
+WIDGETS_DIR = MODULE_DIR / "VISTA3DSlicerWidgets"
 UI_FILE = REPO / "Resources" / "UI" / "VISTA3DSlicer.ui"
 
 #: Top-level packages Slicer itself provides to a scripted module.
@@ -44,9 +46,15 @@ def module_tree() -> ast.Module:
     return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
 
 
-def module_level_imports(tree: ast.Module) -> list[str]:
+def panel_trees() -> list[ast.Module]:
+    """The module file and the files of its panel sections."""
+    return [module_tree()] + [ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+                              for path in sorted(WIDGETS_DIR.glob("*.py"))]
+
+
+def module_level_imports(tree: ast.Module, in_package: bool = False) -> list[str]:
     """Dotted names imported when the module is imported: its body and any if/try/with blocks,
-    not function or class bodies."""
+    not function or class bodies. Imports relative to the package are left out ``in_package``."""
     names = []
     pending = list(tree.body)
     while pending:
@@ -54,6 +62,8 @@ def module_level_imports(tree: ast.Module) -> list[str]:
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
+            if in_package and node.level:
+                continue
             assert node.level == 0, "relative imports do not work in a Slicer scripted module"
             for alias in node.names:
                 submodule = MODULE_DIR.joinpath(*node.module.split("."), f"{alias.name}.py")
@@ -81,21 +91,61 @@ def parameter_names() -> set[str]:
 
 
 def ui_names_used_by_module() -> set[str]:
-    """Every ``self.ui.<name>`` the module uses."""
+    """Every ``<...>.ui.<name>`` and ``ui.<name>`` the module and its panel sections use."""
     return {
         node.attr
-        for node in ast.walk(module_tree())
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-        and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"
+        for tree in panel_trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and (
+            isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+            or isinstance(node.value, ast.Name) and node.value.id == "ui")
+    }
+
+
+def class_members(tree: ast.Module, class_name: str) -> set[str]:
+    """The methods of ``class_name`` and the attributes its methods assign to ``self``."""
+    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
+    members = {node.name for node in cls.body if isinstance(node, ast.FunctionDef)}
+    members |= {target.attr for node in ast.walk(cls) if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Attribute) and getattr(target.value, "id", None) == "self"}
+    return members
+
+
+def attributes_used_on(name: str) -> set[str]:
+    """Every ``<x>`` of ``name.<x>`` and ``<...>.name.<x>`` in the panel sections (``panel.ui``,
+    ``self.panel.showProgress``, ``panel.logic.export``)."""
+    return {
+        node.attr
+        for tree in panel_trees()[1:]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and (
+            isinstance(node.value, ast.Name) and node.value.id == name
+            or isinstance(node.value, ast.Attribute) and node.value.attr == name)
     }
 
 
 # ------------------------------------------------------------------------------ module imports
 
 
+def test_the_panel_sections_use_only_what_the_widget_and_the_logic_have():
+    """The sections run only inside Slicer's GUI: a renamed Widget or Logic member would first fail
+    there, so every ``panel.<x>`` and ``panel.logic.<x>`` they use is checked against the classes."""
+    tree = module_tree()
+    widget = class_members(tree, "VISTA3DSlicerWidget") | {"addObserver", "parent"}  # VTKObservationMixin, Slicer
+    used = attributes_used_on("panel")
+    assert {"ui", "logic", "parameters", "showProgress", "updateButtons"} <= used
+    assert sorted(used - widget) == []
+    logic = class_members(tree, "VISTA3DSlicerLogic")
+    used_on_logic = attributes_used_on("logic")
+    assert {"segmentVolumes", "updateSegmentFromPoints", "downloadWeights"} <= used_on_logic
+    assert sorted(used_on_logic - logic) == []
+
+
 def test_module_imports_only_what_slicer_has_at_start_up():
-    imports = module_level_imports(module_tree())
-    allowed_roots = set(sys.stdlib_module_names) | SLICER_PROVIDED | {"VISTA3DSlicerLib"}
+    imports = module_level_imports(module_tree()) + [
+        name for tree in panel_trees()[1:] for name in module_level_imports(tree, in_package=True)]
+    allowed_roots = set(sys.stdlib_module_names) | SLICER_PROVIDED | {"VISTA3DSlicerLib", "VISTA3DSlicerWidgets"}
     assert [name for name in imports if name.split(".")[0] not in allowed_roots] == []
 
     library_modules = sorted({name for name in imports if name.startswith("VISTA3DSlicerLib")})
@@ -1159,7 +1209,8 @@ def module(monkeypatch):
     stand_ins["slicer"].util = stand_ins["slicer.util"]
     for name, stand_in in stand_ins.items():
         monkeypatch.setitem(sys.modules, name, stand_in)
-    monkeypatch.delitem(sys.modules, "VISTA3DSlicer", raising=False)
+    for name in [name for name in sys.modules if name.split(".")[0] in ("VISTA3DSlicer", "VISTA3DSlicerWidgets")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, with these stand-ins
     monkeypatch.syspath_prepend(str(MODULE_DIR))
     import VISTA3DSlicer
 
@@ -1203,16 +1254,16 @@ def test_the_panel_asks_before_replacing_earlier_results_and_passes_the_answer_o
     confirm = module.slicer.util.confirmOkCancelDisplay
     confirm.return_value = answer
     if replaces:
-        assert widget._replaceExisting(node) is True
+        assert widget._replaceExisting(node, [1, 3]) is True
     else:
         with pytest.raises(module.Cancelled):  # the user's "no": the run stops, nothing is reported
-            widget._replaceExisting(node)
+            widget._replaceExisting(node, [1, 3])
     assert "'Segmentation' already has liver, spleen" in confirm.call_args.args[0]
 
 
 def test_nothing_to_replace_asks_nothing(module):
     widget = module.VISTA3DSlicerWidget()
     widget.logic = _Logic([])
-    assert widget._replaceExisting(object()) is False
-    assert widget._replaceExisting(None) is False  # a new segmentation
+    assert widget._replaceExisting(object(), [1]) is False
+    assert widget._replaceExisting(None, [1]) is False  # a new segmentation
     module.slicer.util.confirmOkCancelDisplay.assert_not_called()
