@@ -11,7 +11,8 @@ from VISTA3DSlicerLib.engine import Engine
 from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.feature_cache import FeatureCache
 from VISTA3DSlicerLib.geometry import Image
-from VISTA3DSlicerLib.interactive import Session, changed_box, window_start
+from VISTA3DSlicerLib.interactive import Session, changed_box
+from VISTA3DSlicerLib.point_windows import window_start
 from VISTA3DSlicerLib.io import read_image
 from VISTA3DSlicerLib.model import build_network
 
@@ -113,7 +114,7 @@ def test_outputs_identical_without_cache(example_ct_crop, small_network):
         assert np.array_equal(edit_a.mask, edit_b.mask)
         assert edit_a.changed == edit_b.changed
     assert edit_a.mask.any()
-    assert cached.cache.hits > 0 and len(uncached.cache) == 0
+    assert cached.point_windows.cache.hits > 0 and len(uncached.point_windows.cache) == 0
 
 
 def test_undo_redo_restore_exact_masks(crop_session):
@@ -282,12 +283,12 @@ def test_session_cache_stays_within_a_small_budget(example_ct, small_network):
     image = read_image(example_ct)
     probe = Session(Engine(small_network), image)
     probe.structure(None, mask=np.zeros(image.shape, bool)).click((60, 50, 15))
-    one_window = probe.cache.nbytes
+    one_window = probe.point_windows.cache.nbytes
     session = Session(Engine(small_network), image, cache_budget_bytes=one_window)
     structure = session.structure(None, mask=np.zeros(image.shape, bool))
     structure.click((60, 50, 15))
     edit = structure.click((20, 30, 12))  # a second window: both are needed, only one fits
-    assert len(session.cache) == 1 and session.cache.nbytes <= one_window
+    assert len(session.point_windows.cache) == 1 and session.point_windows.cache.nbytes <= one_window
     reference = probe.structure(None, mask=np.zeros(image.shape, bool))
     reference.click((60, 50, 15))
     assert np.array_equal(edit.mask, reference.click((20, 30, 12)).mask)

@@ -1,7 +1,7 @@
 """Interactive correction: positive and negative clicks on one structure (reference doc §4-5).
 
-A ``Session`` holds one volume, preprocessed once, and a ``FeatureCache`` of the image
-encoder's output per 128³ window. A ``Structure`` is one target (a VISTA3D class, a
+A ``Session`` holds one volume, preprocessed once, and its click windows
+(``point_windows.PointWindowInferer``, which caches the image encoder's output per 128³ window). A ``Structure`` is one target (a VISTA3D class, a
 zero-shot ID, or an unnamed structure found by clicks alone) with its clicks, its mask and
 an undo/redo history. Each click returns an ``Edit``: the structure's new mask and the box
 of voxels that changed, so a viewer rewrites only that region.
@@ -45,8 +45,9 @@ from . import labels as label_table
 from .errors import VISTA3DError
 from .feature_cache import FeatureCache, default_budget
 from .geometry import Image, bounding_box
-from .preprocessing import WINDOW, preprocess
-from .progress import CancelToken, ProgressCallback, check_cancelled, report
+from .point_windows import PointWindowInferer
+from .preprocessing import preprocess
+from .progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
     import torch
@@ -55,13 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Logit the network uses for "no prompt, nothing here" (VISTA3D.NINF_VALUE).
-NO_PREDICTION = -9999.0
-#: Logit magnitude that stands for the structure's existing mask when it is given as ``prev_mask``.
-#: Small on purpose: where windows overlap their logits are summed, and a click's own prediction
-#: must win over the old mask there, while the sign (inside / outside) of the old mask is kept
-#: wherever no click changes it.
-PREVIOUS_MASK_LOGIT = 0.01
 #: Clicks one structure may have. Each click opens its own 128³ window (as in the reference), so
 #: 100 clicks spread out cost 100 network passes per edit: seconds on a GPU, half an hour on a CPU.
 MAX_CLICKS = 100
@@ -105,45 +99,21 @@ def changed_box(before: np.ndarray, after: np.ndarray) -> Optional[tuple[slice, 
     return bounding_box(before != after)
 
 
-def window_start(point: float, size: int) -> int:
-    """Start of the 128-voxel window centred on a click, as the reference computes it.
-
-    ``point_based_window_inferer``: clamped to the volume, else ``int(point) - 64``.
-    """
-    half = WINDOW // 2
-    if point - half < 0:
-        return 0
-    if point + half > size:
-        return size - WINDOW
-    return int(point) - half
-
-
 class Session:
-    """One volume ready for clicks: preprocessed once, with a cache of encoder features per window."""
+    """One volume ready for clicks: preprocessed once; its click windows (``point_windows``) keep a
+    cache of encoder features per window."""
 
     def __init__(self, engine: "Engine", image: Image, *, cache_budget_bytes: Optional[int] = None):
-        self.engine = engine
-        self.cache = FeatureCache(
-            default_budget(engine.device) if cache_budget_bytes is None else cache_budget_bytes, engine.device
-        )
-        self._prepare(image)
-
-    # -- the image ----------------------------------------------------------------------------
-
-    def _prepare(self, image: Image) -> None:
         import torch
 
-        with torch.inference_mode():
-            self.prepared = preprocess(image, self.engine.device)
-            volume = self.prepared.tensor.as_tensor()[None]  # [1, 1, X, Y, Z]
-            # The point inferer zero-pads axes shorter than a window, half before and half after.
-            self._pad_before = [max(WINDOW - n, 0) // 2 for n in volume.shape[2:]]
-            pads = [max(WINDOW - n, 0) for n in volume.shape[2:]]
-            torch_pad: list[int] = []
-            for before, total in reversed(list(zip(self._pad_before, pads))):
-                torch_pad += [before, total - before]
-            self._padded = torch.nn.functional.pad(volume, torch_pad, mode="constant", value=0.0)
+        self.engine = engine
         self.image = image
+        cache = FeatureCache(
+            default_budget(engine.device) if cache_budget_bytes is None else cache_budget_bytes, engine.device
+        )
+        with torch.inference_mode():
+            self.prepared = preprocess(image, engine.device)
+            self.point_windows = PointWindowInferer(engine, self.prepared.tensor.as_tensor()[None], cache)
 
     # -- clicks in the user's coordinates -----------------------------------------------------------
 
@@ -231,8 +201,9 @@ class Session:
             point_labels = [self._click_label(label, c) for c in clicks]
             previous_logits = None
             if class_id is None and previous is not None and previous.any():
-                previous_logits = self._previous_logits(previous)
-            logits = self._point_windows(points, point_labels, label, class_id, previous_logits, progress, cancel)
+                on_grid = self.prepared.to_network_grid(previous.astype(np.float32), self.image.affine) > 0.5
+                previous_logits = self.point_windows.previous_logits(on_grid)
+            logits = self.point_windows.logits(points, point_labels, label, class_id, previous_logits, progress, cancel)
             if label is None and previous_logits is None:
                 logits = self._keep_clicked_components(logits, points, point_labels)
             values = torch.where(torch.isnan(logits), torch.nan, (logits > 0).float() + 1.0)
@@ -247,127 +218,6 @@ class Session:
         # reference we reproduce (reference doc §2.2); labels.py explains the two lists.
         special = label is not None and label in label_table.SPECIAL_BUNDLE
         return (3 if click.positive else 2) if special else int(click.positive)
-
-    def _previous_logits(self, previous: np.ndarray) -> "torch.Tensor":
-        """The structure's mask as logits on the padded network grid (the ``prev_mask`` of the model)."""
-        import torch
-
-        on_grid = self.prepared.to_network_grid(previous.astype(np.float32), self.image.affine) > 0.5
-        logits = torch.where(on_grid, PREVIOUS_MASK_LOGIT, -PREVIOUS_MASK_LOGIT)
-        padded = torch.full(self._padded.shape[2:], -PREVIOUS_MASK_LOGIT, device=logits.device)
-        padded[self._unpadded_region()] = logits
-        return padded[None, None]
-
-    def _unpadded_region(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(b, b + n) for b, n in zip(self._pad_before, self.prepared.spatial_shape))  # type: ignore
-
-    def _point_windows(
-        self,
-        points: np.ndarray,
-        point_labels: Sequence[int],
-        label: Optional[int],
-        class_id: Optional[int],
-        previous_logits: Optional["torch.Tensor"],
-        progress: Optional[ProgressCallback],
-        cancel: Optional[CancelToken],
-    ) -> "torch.Tensor":
-        """Stitched logits ``[X, Y, Z]`` of the click windows on the network grid, NaN outside them."""
-        import torch
-
-        device = self.engine.device
-        padded_points = torch.as_tensor(points + np.asarray(self._pad_before), dtype=torch.float64, device=device)
-        coords = padded_points[None]
-        labels = torch.as_tensor([point_labels], device=device)
-        size = self._padded.shape[2:]
-        # One window per click; a window shared by several clicks counts once per click, as in the
-        # reference's sum, so compute it once and weight it.
-        windows: dict[tuple[int, int, int], int] = {}
-        for point in padded_points.tolist():
-            start = tuple(window_start(p, s) for p, s in zip(point, size))
-            windows[start] = windows.get(start, 0) + 1
-        stitched = torch.zeros(size, dtype=torch.float32, device="cpu")
-        covered = torch.zeros(size, dtype=torch.bool, device="cpu")
-        for done, (start, count) in enumerate(windows.items()):
-            check_cancelled(cancel)
-            report(progress, done, len(windows), f"Click window {done + 1}/{len(windows)}")
-            box = tuple(slice(s, s + WINDOW) for s in start)
-            previous = None if previous_logits is None else previous_logits[(slice(None), slice(None)) + box].clone()
-            output = self._window_logits(start, box, coords, labels, label, class_id, previous)
-            stitched[box] += count * output.float().cpu()
-            covered[box] = True
-        report(progress, len(windows), len(windows), "Clicks done")
-        stitched[~covered] = torch.nan
-        return stitched[self._unpadded_region()]
-
-    def _window_logits(
-        self,
-        start: tuple[int, int, int],
-        box: tuple[slice, slice, slice],
-        coords: "torch.Tensor",
-        labels: "torch.Tensor",
-        label: Optional[int],
-        class_id: Optional[int],
-        previous: Optional["torch.Tensor"],
-    ) -> "torch.Tensor":
-        """``VISTA3D.forward`` for one window and one object, with the encoder output cached."""
-        import torch
-
-        from .model import autocast
-
-        network = self.engine.network
-        patch = (slice(None), slice(None)) + box
-        window_coords, window_labels = network.update_point_to_patch(patch, coords, labels)
-        prompt_class = None if label is None else torch.as_tensor([[label]], device=coords.device)
-        with autocast(self.engine.device, self.engine.precision):
-            features, class_logits = self._features(start, class_id)
-            if window_coords is None:  # no click strictly inside this window (a click on its first voxel)
-                if class_logits is not None:
-                    return class_logits[0, 0]
-                return torch.full((WINDOW,) * 3, NO_PREDICTION)
-            point_logits = network.point_head(features, window_coords, window_labels, class_vector=prompt_class)
-            mapping_index = torch.ones(1, dtype=torch.bool, device=point_logits.device)
-            if class_logits is not None:
-                # connected_components_combine writes into its first argument: never the cached tensor.
-                logits = network.connected_components_combine(
-                    class_logits.clone(), point_logits, window_coords, window_labels, mapping_index
-                )
-            elif previous is not None:
-                logits = network.connected_components_combine(
-                    previous.to(point_logits.device), point_logits, window_coords, window_labels, mapping_index
-                )
-            else:
-                logits = point_logits
-        return logits[0, 0]
-
-    def _features(
-        self, start: tuple[int, int, int], class_id: Optional[int]
-    ) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
-        """The point branch's features of a window and, for a class, its class-head logits.
-
-        Both come from the cache when they are there; what is missing takes one encoder pass.
-        Class logits (``[1, 1, 128, 128, 128]``, 8 MB) are cached rather than the class
-        branch's 400 MB of features, since a structure keeps its class.
-        """
-        import torch
-
-        point_key = ("point-features", start)
-        class_key = None if class_id is None else ("class-logits", start, class_id)
-        features = self.cache.get(point_key)
-        class_logits = None if class_key is None else self.cache.get(class_key)
-        need_class = class_key is not None and class_logits is None
-        if features is None or need_class:
-            box = (slice(None), slice(None)) + tuple(slice(s, s + WINDOW) for s in start)
-            encoded, class_features = self.engine.network.image_encoder(
-                self._padded[box], with_point=features is None, with_label=need_class
-            )
-            if features is None:
-                features = encoded
-                self.cache.put(point_key, features)
-            if need_class:
-                class_vector = torch.as_tensor([[class_id]], device=class_features.device)
-                class_logits, _ = self.engine.network.class_head(class_features, class_vector)
-                self.cache.put(class_key, class_logits)
-        return features, class_logits
 
     @staticmethod
     def _keep_clicked_components(logits: "torch.Tensor", points: np.ndarray, point_labels: Sequence[int]) -> "torch.Tensor":
