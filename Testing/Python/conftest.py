@@ -53,13 +53,13 @@ def example_ct_crop(tmp_path_factory, example_ct) -> Path:
 
 @pytest.fixture(scope="session")
 def small_network():
-    """A seeded VISTA3D of the real design but 16 filters and one block per level (fast on a CPU)."""
+    """A seeded VISTA3D of the real design but 8 filters and one block per level (fast on a CPU)."""
     import torch
 
     from VISTA3DSlicerLib.model import ModelSpec, build_network
 
     torch.manual_seed(0)
-    return build_network(ModelSpec(embed_dim=16, blocks_down=(1, 1, 1, 1, 1))).eval()
+    return build_network(ModelSpec(embed_dim=8, blocks_down=(1, 1, 1, 1, 1))).eval()
 
 
 @pytest.fixture(scope="session")

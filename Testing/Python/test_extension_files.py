@@ -28,9 +28,10 @@ def test_cmake_installs_the_library_s_package_data_beside_its_scripts():
     import tomllib
 
     listed = set(cmake_list("MODULE_PYTHON_RESOURCES"))
-    library = REPO / "VISTA3DSlicer" / "VISTA3DSlicerLib"
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["VISTA3DSlicerLib"]
-    packaged = {str(p.relative_to(REPO / "VISTA3DSlicer")) for pattern in patterns for p in library.glob(pattern)}
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    packaged = {str(path.relative_to(REPO / "VISTA3DSlicer"))
+                for package, patterns in package_data.items() for pattern in patterns
+                for path in REPO.joinpath("VISTA3DSlicer", *package.split(".")).glob(pattern)}
     assert listed == packaged
     from VISTA3DSlicerLib.labels import colour_table_path, terminology_context_paths
 

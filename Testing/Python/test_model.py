@@ -30,7 +30,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_spec_is_read_from_the_checkpoint(small_network):
-    assert spec_from_state_dict(small_network.state_dict()) == ModelSpec(16, (1, 1, 1, 1, 1))
+    assert spec_from_state_dict(small_network.state_dict()) == ModelSpec(8, (1, 1, 1, 1, 1))
     assert spec_from_state_dict(build_network().state_dict()) == VISTA3D132
 
 
@@ -101,7 +101,7 @@ BAD_STATE_DICTS = {
     "filters MONAI cannot build": (_with_filters(12), "no VISTA3D network has 12 filters"),
     "conv_init of another width than the blocks": (_replace(CONV_INIT, torch.zeros(12, 1, 3, 3, 3)),
                                                    r"layers\.0\.blocks\.0\.conv1\.weight is torch\.float32 of "
-                                                   r"shape \(16, 16, 3, 3, 3\), not a dense tensor of shape \(12, 12"),
+                                                   r"shape \(8, 8, 3, 3, 3\), not a dense tensor of shape \(12, 12"),
     "a block far beyond the others": (_replace(BLOCK.format(level=1, index=99999), torch.zeros(32, 32, 3, 3, 3)),
                                       r"encoder level 1 lacks blocks \[1, 2, 3\] \.\.\."),
     "a level far beyond the others": (_replace(BLOCK.format(level=40, index=0), torch.zeros(1)),
@@ -117,7 +117,7 @@ BAD_STATE_DICTS = {
     "one sparse tensor": (_convert(torch.Tensor.to_sparse, HEAD), r"1 not dense .*torch\.sparse_coo"),
     "one tensor without data": (_convert(lambda t: t.to("meta"), HEAD), r"1 not dense .*meta \(no data\)"),
     "a sparse encoder block": (_convert(torch.Tensor.to_sparse, BLOCK.format(level=0, index=0)),
-                               r"blocks\.0\.conv1\.weight is torch\.sparse_coo of shape \(16, 16, 3, 3, 3\)"),
+                               r"blocks\.0\.conv1\.weight is torch\.sparse_coo of shape \(8, 8, 3, 3, 3\)"),
     "a name that is no string": (lambda state: {**state, 7: torch.zeros(1)}, "not all tensors with names"),
 }
 

@@ -50,7 +50,7 @@ def test_openvino_features_are_pytorchs_up_to_rounding(home, small_network):
     with torch.inference_mode():
         expected = engine.windows.window_features(window)
     features = engine.windows.openvino.features("fp32", 1)(window)
-    assert features.shape == expected.shape == (1, 16, WINDOW, WINDOW, WINDOW)
+    assert features.shape == expected.shape == (1, 8, WINDOW, WINDOW, WINDOW)
     assert features.dtype == torch.float32
     error = (features - expected).abs().max().item()
     assert 0 < error <= 1e-3 * expected.abs().max().item()  # rounding, not another computation
@@ -90,7 +90,7 @@ def test_other_weights_are_converted_apart(small_network):
     from VISTA3DSlicerLib.openvino_runtime import weights_digest
 
     torch.manual_seed(1)
-    other = build_network(ModelSpec(embed_dim=16, blocks_down=(1, 1, 1, 1, 1)))
+    other = build_network(ModelSpec(embed_dim=8, blocks_down=(1, 1, 1, 1, 1)))
     assert weights_digest(small_network) == weights_digest(small_network)
     assert weights_digest(other) != weights_digest(small_network)
 
