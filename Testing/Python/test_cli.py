@@ -11,13 +11,15 @@ import SimpleITK as sitk
 
 from VISTA3DSlicerLib.batch import SUMMARY_NAME
 from VISTA3DSlicerLib.cli import main
+from VISTA3DSlicerLib.models import MODELS
 
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Nothing from the real cache or environment: weights come from --weights or not at all."""
     monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("VISTA3D_WEIGHTS", raising=False)
+    for model in MODELS.values():
+        monkeypatch.delenv(model.environment, raising=False)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -78,6 +80,35 @@ def test_typo_in_a_label_name_suggests_the_right_one(capsys, tmp_path, example_c
 def test_missing_weights_say_how_to_get_them(capsys, tmp_path, example_ct_crop):
     code, _, err = run(capsys, "segment", example_ct_crop, "-o", tmp_path / "x.nii.gz", "--labels", "1")
     assert code == 1 and "--weights" in err and "vista3d weights download" in err
+
+
+def test_models_lists_each_model_with_what_it_does_and_its_licence(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert out.splitlines()[0] == "vista3d  (default): VISTA3D (MONAI bundle)"
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == len(MODELS)
+    for block, model in zip(blocks, MODELS.values()):
+        assert block.startswith(model.key)
+        for text in (model.licence.name, model.licence.url, model.licence.commercial_use, f"${model.environment}",
+                     f"classes: {model.classes}", "prompts: automatic, points, zero-shot"):
+            assert text in block
+    assert "commercial use: no" in blocks[0]  # the MONAI bundle's weights
+
+
+def test_nv_segment_ct_is_the_same_pipeline_with_its_own_weights(capsys, tmp_path, example_ct_crop, small_checkpoint,
+                                                                 monkeypatch):
+    bundle, nv = tmp_path / "bundle.nii.gz", tmp_path / "nv.nii.gz"
+    common = ["--labels", "liver", "--device", "cpu"]
+    assert run(capsys, "segment", example_ct_crop, "-o", bundle, "--weights", small_checkpoint, *common)[0] == 0
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", nv, "--model", "nv-segment-ct", *common)
+    assert code == 1 and "NV_SEGMENT_CT_WEIGHTS" in err and "vista3d weights download --model nv-segment-ct" in err
+    assert not nv.exists()
+    monkeypatch.setenv("NV_SEGMENT_CT_WEIGHTS", str(small_checkpoint))
+    code, _, err = run(capsys, "segment", example_ct_crop, "-o", nv, "--model", "nv-segment-ct", *common)
+    assert code == 0, err
+    assert "NV-Segment-CT on cpu" in err
+    assert np.array_equal(np.asanyarray(nib.load(nv).dataobj), np.asanyarray(nib.load(bundle).dataobj))
 
 
 def test_labels_prints_the_table(capsys):

@@ -227,9 +227,10 @@ def test_install_dependencies_installs_what_is_missing_without_asking(logic, mon
 
 
 def test_missing_weights_name_their_source_and_download_on_the_worker(logic, checkpoint, monkeypatch, tmp_path):
-    from VISTA3DSlicerLib import weights
+    from VISTA3DSlicerLib import models, weights
 
-    assert logic.missingWeights() is weights.SOURCES[weights.DEFAULT_SOURCE]
+    assert logic.missingWeights() is models.VISTA3D.default_source
+    assert logic.missingWeights(None, "nv-segment-ct") is models.NV_SEGMENT_CT.default_source
     assert logic.missingWeights(None, "sam_vit_b") is weights.SAM_SOURCES["vit_b"]
     assert logic.missingWeights(checkpoint) is None
     threads = []

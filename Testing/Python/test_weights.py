@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +24,7 @@ import pytest
 
 LIB_DIR = Path(__file__).resolve().parents[2] / "VISTA3DSlicer"
 
-from VISTA3DSlicerLib import weights
+from VISTA3DSlicerLib import models, weights
 from VISTA3DSlicerLib.cli import _parser, main
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.progress import CancelToken
@@ -55,6 +55,7 @@ class Server:
     log: list = field(default_factory=list)  # one dict per GET: range, status, sent
     started: threading.Event = field(default_factory=threading.Event)
     on_request: Optional[Callable[[], None]] = None  # called as each GET arrives
+    hub_headers: dict = field(default_factory=dict)  # a HEAD's answer: the hub's X-Linked-* headers
 
     @property
     def bytes_sent(self) -> int:
@@ -108,6 +109,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a cancelled download)
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        """As the Hugging Face hub answers a ``resolve`` URL of a Git LFS file: a redirect to its
+        storage with the file's SHA-256 and size."""
+        state: Server = self.server.state
+        self.send_response(302)
+        self.send_header("Location", state.url)
+        for name, value in state.hub_headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args) -> None:
         pass
 
@@ -141,7 +153,8 @@ def server(payload):
 def home(tmp_path, monkeypatch) -> Path:
     """A private cache folder; no retry delays; no weights named in the environment."""
     monkeypatch.setenv("VISTA3D_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("VISTA3D_WEIGHTS", raising=False)
+    for model in models.MODELS.values():
+        monkeypatch.delenv(model.environment, raising=False)
     monkeypatch.setattr(weights, "_RETRY_DELAY", 0.0)
     return tmp_path / "cache"
 
@@ -153,10 +166,9 @@ def make_source(server: Server, **overrides) -> WeightsSource:
     return WeightsSource(**fields)
 
 
-def use_only(monkeypatch, source: WeightsSource) -> None:
-    """Make ``source`` the only known (and the default) source."""
-    monkeypatch.setattr(weights, "SOURCES", {source.name: source})
-    monkeypatch.setattr(weights, "DEFAULT_SOURCE", source.name)
+def use_only(monkeypatch, source: WeightsSource, model: str = models.DEFAULT_MODEL) -> None:
+    """Make ``source`` the only known (and the default) source of ``model``."""
+    monkeypatch.setitem(models.MODELS, model, replace(models.MODELS[model], sources=(source,)))
 
 
 def closed_port_url() -> str:
@@ -170,17 +182,24 @@ def closed_port_url() -> str:
 
 
 def test_shipped_sources():
-    hf = weights.SOURCES[weights.DEFAULT_SOURCE]
-    assert weights.DEFAULT_SOURCE == "huggingface"
+    vista3d = models.MODELS[models.DEFAULT_MODEL]
+    hf = vista3d.default_source
+    assert models.DEFAULT_MODEL == "vista3d" and hf.name == "huggingface"
     assert "c6dbe159632a4767696e09f91d74d729b82e73e6" in hf.url
     assert hf.checksum == ("sha256", "c92bab26d00b4a5d89fa8a383900cdeb88302fd318e5e816df0bbec7106d9a1b")
     assert hf.size == 871_970_895
-    assert weights.SOURCES["nvidia"].checksum == ("md5", "6ce45a8edde4400c5d28d5e74d7b61d5")
-    assert len({s.filename for s in weights.SOURCES.values()}) == len(weights.SOURCES)
-    assert all("licen" in s.licence_note for s in weights.SOURCES.values())
-    assert weights.SOURCES["nvidia"].download_command == "vista3d weights download --source nvidia"
-    for source in weights.SOURCES.values():  # the command that messages give is one the CLI takes
+    assert vista3d.source("nvidia").checksum == ("md5", "6ce45a8edde4400c5d28d5e74d7b61d5")
+    assert vista3d.source("nvidia").download_command == "vista3d weights download --source nvidia"
+    nv_segment_ct = models.MODELS["nv-segment-ct"].default_source
+    assert nv_segment_ct.hub_checksum and nv_segment_ct.checksum is None  # checked against the hub
+    assert nv_segment_ct.url.startswith("https://huggingface.co/nvidia/NV-Segment-CT/resolve/")
+    sources = [source for model in models.MODELS.values() for source in model.sources]
+    assert len({s.filename for s in sources}) == len(sources)  # one cache file each
+    assert all("licen" in s.licence_note for s in sources)
+    for source in sources:  # the command that messages give is one the CLI takes
         _parser().parse_args(source.download_command.split()[1:])
+    with pytest.raises(VISTA3DError, match="Unknown weights source 'ngc'.*huggingface, nvidia"):
+        weights.source_for("vista3d", "ngc")
 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
@@ -190,7 +209,8 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert weights.cache_dir() == tmp_path / "xdg" / "vista3d"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert weights.cache_dir() == Path.home() / ".cache" / "vista3d"
-    assert weights.cached_path(weights.SOURCES["nvidia"]).name == weights.SOURCES["nvidia"].filename
+    nvidia = models.MODELS["vista3d"].source("nvidia")
+    assert weights.cached_path(nvidia).name == nvidia.filename
 
 
 # --- download -----------------------------------------------------------------------------------
@@ -583,8 +603,8 @@ def test_resolve_precedence(server, tmp_path, monkeypatch):
 
 def test_resolve_finds_any_known_source(server, monkeypatch):
     other = make_source(server, name="other", filename="other.pt")
-    monkeypatch.setattr(weights, "SOURCES", {"default": make_source(server, url=closed_port_url()),
-                                             "other": other})
+    monkeypatch.setitem(models.MODELS, "vista3d", replace(
+        models.VISTA3D, sources=(make_source(server, url=closed_port_url()), other)))
     path = weights.download(other)
     assert weights.resolve() == path
 
@@ -595,6 +615,61 @@ def test_nothing_found_message():
     message = str(error.value)
     for hint in ("vista3d weights download", "--weights FILE", "VISTA3D_WEIGHTS"):
         assert hint in message
+
+
+def test_each_model_has_its_own_environment_variable(tmp_path, monkeypatch):
+    """A file named for one model is never loaded as another's (their licences differ)."""
+    mine = tmp_path / "nv.pt"
+    mine.write_bytes(b"the user's copy")
+    monkeypatch.setenv("NV_SEGMENT_CT_WEIGHTS", str(mine))
+    assert weights.resolve("nv-segment-ct") == mine
+    with pytest.raises(WeightsNotFoundError):
+        weights.resolve("vista3d")
+    monkeypatch.delenv("NV_SEGMENT_CT_WEIGHTS")
+    with pytest.raises(WeightsNotFoundError) as error:
+        weights.resolve("nv-segment-ct")
+    for hint in ("NV-Segment-CT weights", "vista3d weights download --model nv-segment-ct", "NV_SEGMENT_CT_WEIGHTS"):
+        assert hint in str(error.value)
+
+
+# --- a source checked against the SHA-256 the hub reports ----------------------------------------
+
+
+def hub_source(server: Server) -> WeightsSource:
+    return make_source(server, name="hub", filename="hub.pt", sha256=None, size=None, hub_checksum=True)
+
+
+def hub_reports(server: Server, digest: str) -> None:
+    server.hub_headers = {"X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(server.payload))}
+
+
+def test_a_hub_source_is_checked_against_the_sha256_the_hub_reports(server, home, monkeypatch):
+    digest = hashlib.sha256(server.payload).hexdigest()
+    hub_reports(server, digest)
+    source = hub_source(server)
+    use_only(monkeypatch, source, "nv-segment-ct")
+    path = weights.download(source)
+    assert path.read_bytes() == server.payload
+    assert json.loads(path.with_name(path.name + ".verified.json").read_text(encoding="utf-8"))["digest"] == digest
+    server.log.clear()
+    assert weights.resolve("nv-segment-ct") == path  # later, offline: the stamp keeps the hub's digest
+    assert server.log == []
+    path.write_bytes(server.payload[:-1] + bytes([server.payload[-1] ^ 1]))  # same size, other bytes
+    with pytest.raises(WeightsNotFoundError, match="failed its checksum"):
+        weights.resolve("nv-segment-ct")
+
+
+def test_a_file_other_than_the_one_the_hub_reports_is_refused(server, home):
+    hub_reports(server, "0" * 64)
+    with pytest.raises(ChecksumError, match="wrong sha256"):
+        weights.download(hub_source(server))
+    assert not (home / "hub.pt").exists() and not (home / "hub.pt.part").exists()
+
+
+def test_a_hub_that_reports_no_sha256_gets_no_download(server, home):
+    with pytest.raises(DownloadError, match="did not report a SHA-256.*--weights FILE"):
+        weights.download(hub_source(server))
+    assert server.log == []  # nothing was fetched
 
 
 def test_stamp_avoids_rehashing_until_the_file_changes(server, monkeypatch):
@@ -688,7 +763,7 @@ def test_sam_download_resolve_and_offline_rules(server, monkeypatch, tmp_path):
     mine.write_bytes(b"the user's file")
     monkeypatch.setenv("VISTA3D_SAM_WEIGHTS", str(mine))
     assert weights.resolve("sam_vit_b") == mine
-    with pytest.raises(VISTA3DError, match="Unknown model 'sam_vit_x': use one of vista3d, sam_vit_b"):
+    with pytest.raises(VISTA3DError, match="Unknown model 'sam_vit_x': use one of vista3d, nv-segment-ct, sam_vit_b"):
         weights.resolve("sam_vit_x")
 
 

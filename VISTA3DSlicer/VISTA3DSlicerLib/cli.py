@@ -1,4 +1,4 @@
-"""The ``vista3d`` command line: segment, batch, zeroshot, supervoxels, labels, weights.
+"""The ``vista3d`` command line: segment, batch, zeroshot, supervoxels, labels, models, weights.
 
 Every failure the user can fix is a ``VISTA3DError``; it is printed as one line starting
 with ``error:`` and the command exits with status 1 (no traceback). Running out of memory and
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 from .batch import OUTPUT_FORMATS, SUMMARY_NAME
 from .errors import VISTA3DError
 from .model import PRECISIONS, RUNTIMES
+from .models import DEFAULT_MODEL, MODELS
 from .weights import MODELS as WEIGHTS_MODELS
 from .progress import ProgressCallback
 
@@ -81,12 +82,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="say more about what happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def choose_model(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
+            help=f"which model (default {DEFAULT_MODEL}; `vista3d models` lists them with their licences)",
+        )
+        command.add_argument(
+            "--weights", help="checkpoint file (default: the model's environment variable, such as "
+            "$VISTA3D_WEIGHTS, else the download)")
+
     def model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--labels",
             help="comma-separated VISTA3D names or IDs (liver,spleen or 1,3), or 'everything' (default)",
         )
-        command.add_argument("--weights", help="checkpoint file (default: $VISTA3D_WEIGHTS, else the download)")
+        choose_model(command)
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
         command.add_argument("--precision", default="fp32", choices=PRECISIONS)
         command.add_argument(
@@ -167,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         "--snap", type=float, metavar="FRACTION",
         help="snap the mask to SAM supervoxels: keep those it covers for at least FRACTION (0..1]",
     )
-    zeroshot.add_argument("--weights", help="VISTA3D checkpoint (default: $VISTA3D_WEIGHTS, else the download)")
+    choose_model(zeroshot)
     zeroshot.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     zeroshot.add_argument("--precision", default="fp32", choices=PRECISIONS)
     zeroshot.add_argument("--overwrite", action="store_true", help="replace an output that exists")
@@ -177,13 +187,18 @@ def _parser() -> argparse.ArgumentParser:
     labels = commands.add_parser("labels", help="print the label table")
     labels.set_defaults(run=_labels)
 
-    weights = commands.add_parser("weights", help="download, locate or verify the VISTA3D weights")
+    models = commands.add_parser("models", help="list the models, with what they segment and their licences")
+    models.set_defaults(run=_models)
+
+    weights = commands.add_parser("weights", help="download, locate or verify a model's weights")
     weights.add_argument("action", choices=("download", "path", "verify"))
     weights.add_argument(
-        "--model", default="vista3d", choices=WEIGHTS_MODELS,
-        help="which checkpoint: VISTA3D (default) or a SAM model of the zero-shot tool",
+        "--model", default=DEFAULT_MODEL, choices=WEIGHTS_MODELS,
+        help=f"which checkpoint: a segmentation model ({DEFAULT_MODEL} by default) or a SAM model of the "
+        "zero-shot tool",
     )
-    weights.add_argument("--source", default=None, help="huggingface (default) or nvidia")
+    weights.add_argument("--source", default=None, help="where from, for a model with several (vista3d: "
+                         "huggingface, the default, or nvidia)")
     weights.add_argument("--weights", help="with verify: the file to check (default: the one that would be used)")
     weights.set_defaults(run=_weights)
 
@@ -337,9 +352,10 @@ def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
 def _engine(args: argparse.Namespace):
     from .engine import Engine
 
-    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision, runtime=args.runtime)
+    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision, runtime=args.runtime,
+                                 model=args.model)
     runtime = "" if args.runtime == "torch" else f", {args.runtime}"
-    print(f"VISTA3D on {engine.device} ({args.precision}{runtime})", file=sys.stderr)
+    print(f"{MODELS[args.model].title} on {engine.device} ({args.precision}{runtime})", file=sys.stderr)
     return engine
 
 
@@ -413,6 +429,21 @@ def _labels(args: argparse.Namespace) -> int:
             use = "unsupported (legacy)"
         print(f"{label_id:>3}  {info.name:<30} {info.display_name:<30} {use}")
     print("133-254  zero-shot structures: need clicks")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    for model in MODELS.values():
+        source = model.default_source
+        size = f"{source.size / 1e6:,.0f} MB" if source.size else "size given by the hub"
+        default = "  (default)" if model.key == DEFAULT_MODEL else ""
+        print(f"{model.key}{default}: {model.title}\n"
+              f"  {model.summary}\n"
+              f"  classes: {model.classes}   modalities: {', '.join(model.modalities)}   "
+              f"prompts: {', '.join(model.prompts)}\n"
+              f"  licence: {model.licence.name} <{model.licence.url}>\n"
+              f"  commercial use: {model.licence.commercial_use}\n"
+              f"  weights: {source.host} ({size}); a local copy: --weights FILE or ${model.environment}\n")
     return 0
 
 

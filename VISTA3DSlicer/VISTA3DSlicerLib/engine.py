@@ -34,6 +34,7 @@ from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
 from .memory import GIB, gpu_memory_available, host_memory_available
+from .models import DEFAULT_MODEL, get_model
 from .preprocessing import SPACING_MM, WINDOW, Preprocessed, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 from .sliding_window import WindowGrid, stitch_in_slabs
@@ -210,16 +211,19 @@ class Engine:
 
     @classmethod
     def from_weights(
-        cls, weights: str | Path | None = None, device: str = "auto", precision: str = "fp32", runtime: str = "torch"
+        cls, weights: str | Path | None = None, device: str = "auto", precision: str = "fp32", runtime: str = "torch",
+        model: str = DEFAULT_MODEL,
     ) -> "Engine":
-        """Load a checkpoint (``--weights``, ``VISTA3D_WEIGHTS`` or the verified cached download)."""
+        """Load ``model``'s checkpoint (``weights``, else the model's environment variable, else the
+        verified cached download; ``models.MODELS`` lists the models)."""
         from .model import check_runtime, load_network, resolve_device
         from .weights import resolve
 
+        get_model(model)  # an unknown model is refused before anything loads
         resolved = resolve_device(device)
         check_runtime(runtime, resolved)  # before minutes of loading
-        path = resolve("vista3d", weights)
-        logger.info("Loading VISTA3D weights from %s onto %s", path, resolved)
+        path = resolve(model, weights)
+        logger.info("Loading the %s weights from %s onto %s", model, path, resolved)
         return cls(load_network(path, resolved), resolved, precision, runtime=runtime)
 
     def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
+from .models import MODELS as SEGMENTATION_MODELS
 from .interactive import Click, Edit, Structure, changed_box
 from .progress import CancelToken, ProgressCallback
 
@@ -302,8 +303,8 @@ class WeightsModel:
         return weights.source_for(self.model)
 
 
-WEIGHTS_MODELS: tuple[WeightsModel, ...] = (
-    WeightsModel("VISTA3D", "vista3d"),
+WEIGHTS_MODELS: tuple[WeightsModel, ...] = tuple(
+    WeightsModel(model.title, model.key) for model in SEGMENTATION_MODELS.values()) + (
     WeightsModel("SAM ViT-B (zero-shot supervoxels)", "sam_vit_b"),
     WeightsModel("SAM ViT-L (zero-shot supervoxels)", "sam_vit_l"),
     WeightsModel("SAM ViT-H (zero-shot supervoxels)", "sam_vit_h"),

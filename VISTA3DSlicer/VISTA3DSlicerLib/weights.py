@@ -1,16 +1,20 @@
-"""Find, download and verify the VISTA3D checkpoint and the SAM checkpoints of the zero-shot tool.
+"""Find, download and verify the checkpoints of the segmentation models and the SAM checkpoints
+of the zero-shot tool.
 
-Where the weights come from, in order (``resolve``):
+Which models exist, and where each one's weights come from, is ``models.py``'s data. Where the
+weights of a model are taken from, in order (``resolve``):
 
 1. a file the user names (``--weights FILE`` on the command line, a path in the Slicer panel);
-2. the ``VISTA3D_WEIGHTS`` environment variable;
+2. the model's environment variable (``VISTA3D_WEIGHTS``, ``NV_SEGMENT_CT_WEIGHTS``);
 3. a checksum-verified file in the cache folder (``cache_dir()``), put there by ``download``.
 
 Files the user names are theirs and are not checksummed. Cached files are: hashing 872 MB takes
 seconds, so a successful check leaves a small sidecar stamp (size, mtime, digest) next to the
-file, and the hash is recomputed only when the file no longer matches its stamp.
+file, and the hash is recomputed only when the file no longer matches its stamp. A source with
+no pinned checksum (``WeightsSource.hub_checksum``) is checked against the SHA-256 the Hugging
+Face hub reports for the file when it is downloaded, and the stamp keeps that digest.
 
-The weights are published by NVIDIA under NVIDIA's own licence, not under this project's
+The weights are published by NVIDIA under NVIDIA's own licences, not under this project's
 Apache-2.0 licence; see ``WeightsSource.licence_note``.
 
 SAM's checkpoints (``SAM_SOURCES``, for the supervoxels) follow the same rules with
@@ -25,83 +29,22 @@ import errno
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
-from urllib.parse import urlparse
 
 from .errors import VISTA3DError
+from .models import DEFAULT_MODEL, MODELS as SEGMENTATION_MODELS, WeightsSource, get_model
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 __all__ = [
-    "WeightsSource", "SOURCES", "DEFAULT_SOURCE", "SAM_SOURCES", "cache_dir", "cached_path", "MODELS", "source_for",
+    "WeightsSource", "SAM_SOURCES", "cache_dir", "cached_path", "MODELS", "source_for",
     "resolve",
     "download", "verify", "file_digest", "delete_cached", "WeightsNotFoundError", "DownloadError", "ChecksumError",
 ]
-
-_LICENCE = (
-    "The VISTA3D weights are NVIDIA's and come under NVIDIA's own licence, not this project's "
-    "Apache-2.0 licence (NVIDIA's pages name the NVIDIA OneWay Noncommercial License for the "
-    "MONAI bundle and the NVIDIA Open Model License for later releases). Check which one applies "
-    "to your use before you use them."
-)
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """One place the checkpoint can be downloaded from, and how to recognise a good copy."""
-
-    name: str
-    url: str
-    filename: str  #: file name in the cache folder
-    sha256: Optional[str] = None
-    md5: Optional[str] = None
-    size: Optional[int] = None  #: bytes, where the publisher gives it
-    licence_note: str = ""
-    title: str = "VISTA3D weights"  #: what the file is, in messages
-    offline_option: str = "`--weights FILE` or set VISTA3D_WEIGHTS=FILE"  #: how to use a copy made elsewhere
-    download_command: str = "vista3d weights download"  #: the command line that fetches it, in messages
-
-    @property
-    def checksum(self) -> Optional[tuple[str, str]]:
-        """``(algorithm, hex digest)`` to check against, the strongest one known, or None."""
-        if self.sha256:
-            return "sha256", self.sha256.lower()
-        if self.md5:
-            return "md5", self.md5.lower()
-        return None
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.url).hostname or self.url
-
-
-SOURCES: dict[str, WeightsSource] = {
-    "huggingface": WeightsSource(
-        name="huggingface",
-        # Pinned to a commit so that the file behind the URL cannot change under its checksum.
-        url="https://huggingface.co/MONAI/vista3d/resolve/"
-        "c6dbe159632a4767696e09f91d74d729b82e73e6/models/model.pt",
-        filename="vista3d_model.pt",
-        sha256="c92bab26d00b4a5d89fa8a383900cdeb88302fd318e5e816df0bbec7106d9a1b",
-        size=871_970_895,
-        licence_note=_LICENCE,
-    ),
-    "nvidia": WeightsSource(
-        name="nvidia",
-        url="https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/"
-        "model_vista3d.pt",
-        # A different upload from the Hugging Face one (only an md5 is published for it), so it
-        # gets its own name in the cache.
-        filename="vista3d_model_nvidia.pt",
-        md5="6ce45a8edde4400c5d28d5e74d7b61d5",
-        licence_note=_LICENCE,
-        download_command="vista3d weights download --source nvidia",
-    ),
-}
-DEFAULT_SOURCE = "huggingface"
 
 _SAM_LICENCE = "SAM's weights are Meta's, published under the Apache-2.0 licence."
 #: SAM's official checkpoints (segment-anything README); the md5s are the publisher's, and the
@@ -155,42 +98,47 @@ def cache_dir() -> Path:
 
 
 def cached_path(source: Optional[WeightsSource] = None) -> Path:
-    """Where ``source`` (default: ``SOURCES[DEFAULT_SOURCE]``) is kept in the cache; may not exist."""
+    """Where ``source`` (default: the default model's first source) is kept in the cache; may not exist."""
     return cache_dir() / _source(source).filename
 
 
-#: Every checkpoint by the name the command line (``vista3d weights --model``), the panel and the
-#: Slicer Logic use for it: VISTA3D's, and each SAM backbone's (the zero-shot supervoxels).
-MODELS: tuple[str, ...] = ("vista3d",) + tuple(f"sam_{kind}" for kind in SAM_SOURCES)
+def _models() -> tuple[str, ...]:
+    return tuple(SEGMENTATION_MODELS) + tuple(f"sam_{kind}" for kind in SAM_SOURCES)
 
 
-def source_for(model: str = "vista3d", source: Optional[str] = None) -> WeightsSource:
-    """Where ``model``'s checkpoint is downloaded from: for VISTA3D ``source`` (one of ``SOURCES``,
-    default ``DEFAULT_SOURCE``); a SAM model has one source."""
-    if model == "vista3d":
-        name = source or DEFAULT_SOURCE
-        if name not in SOURCES:
-            raise VISTA3DError(f"Unknown weights source {name!r}: use one of {', '.join(SOURCES)}.")
-        return SOURCES[name]
+#: Every checkpoint by the name the command line (``--model``), the panel and the Slicer Logic use
+#: for it: each segmentation model's (``models.MODELS``) and each SAM backbone's (the zero-shot
+#: supervoxels).
+MODELS: tuple[str, ...] = _models()
+
+
+def source_for(model: str = DEFAULT_MODEL, source: Optional[str] = None) -> WeightsSource:
+    """Where ``model``'s checkpoint is downloaded from: for a segmentation model ``source`` (the
+    name of one of its sources, default its first); a SAM model has one source."""
+    if model in SEGMENTATION_MODELS:
+        return SEGMENTATION_MODELS[model].source(source)
+    kind = _sam_kind(model)
     if source is not None:
-        raise VISTA3DError(f"A source chooses where the VISTA3D weights come from; {model} has one source.")
-    return SAM_SOURCES[_sam_kind(model)]
+        raise VISTA3DError(f"A source chooses where a segmentation model's weights come from; {model} has one.")
+    return SAM_SOURCES[kind]
 
 
-def resolve(model: str = "vista3d", explicit: Union[str, os.PathLike, None] = None) -> Path:
+def resolve(model: str = DEFAULT_MODEL, explicit: Union[str, os.PathLike, None] = None) -> Path:
     """The checkpoint of ``model`` (one of ``MODELS``) to load: ``explicit``, else the file its
-    environment variable names (``VISTA3D_WEIGHTS``; ``VISTA3D_SAM_WEIGHTS`` for SAM), else a
-    verified file of the download cache.
+    environment variable names (``VISTA3D_WEIGHTS``, ``NV_SEGMENT_CT_WEIGHTS``;
+    ``VISTA3D_SAM_WEIGHTS`` for SAM), else a verified file of the download cache.
 
     Raises ``VISTA3DError`` if a named file does not exist or a cached one cannot be read,
     ``WeightsNotFoundError`` if nothing was named and the cache holds no good copy of any known source.
     """
-    if model == "vista3d":
+    if model in SEGMENTATION_MODELS:
+        described = SEGMENTATION_MODELS[model]
+        command = described.default_source.download_command
         return _resolve(
-            explicit, "VISTA3D_WEIGHTS", list(SOURCES.values()), "VISTA3D weights",
-            "Run `vista3d weights download` to fetch them into {cache} (or use the Download button in Slicer), "
-            "or, for offline use, pass `--weights FILE` or set VISTA3D_WEIGHTS=FILE to a checkpoint you already "
-            "have.",
+            explicit, described.environment, list(described.sources), described.default_source.title,
+            f"Run `{command}` to fetch them into {{cache}} (or use the Download button in Slicer), or, for "
+            f"offline use, pass `--weights FILE` or set {described.environment}=FILE to a checkpoint you "
+            "already have.",
         )
     kind = _sam_kind(model)
     return _resolve(
@@ -204,7 +152,7 @@ def _sam_kind(model: str) -> str:
     """"sam_vit_b" -> "vit_b", refusing a model that is not one of ``MODELS``."""
     kind = model.removeprefix("sam_")
     if model == kind or kind not in SAM_SOURCES:
-        raise VISTA3DError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
+        raise VISTA3DError(f"Unknown model {model!r}: use one of {', '.join(_models())}.")
     return kind
 
 
@@ -272,6 +220,7 @@ def verify(path: Path, source: WeightsSource) -> bool:
             f"The {source.title} file {path} does not exist or is not a file. Check the path, or run "
             f"`{source.download_command}` to fetch the weights."
         )
+    source = _with_stamped_checksum(path, source)
     ok = _mismatch(path, source) is None
     if ok:
         _write_stamp(path, source)
@@ -292,7 +241,7 @@ def download(
     timeout: float = 30.0,
     chunk_size: int = 1 << 20,
 ) -> Path:
-    """Download ``source`` (default: ``SOURCES[DEFAULT_SOURCE]``) into ``dest_dir`` (default:
+    """Download ``source`` (default: the default model's first source) into ``dest_dir`` (default:
     ``cache_dir()``), verify it and return its path.
 
     The weights are NVIDIA's and come under NVIDIA's licence (``source.licence_note``), not this
@@ -340,6 +289,8 @@ def download(
         if _already_there(final, source, progress):  # the process we waited for got it
             return final
         part = final.with_name(final.name + ".part")
+        if source.hub_checksum and source.checksum is None:
+            source = _with_hub_checksum(source, timeout)
         _fetch_with_retries(_Transfer(source, part, progress, cancel, timeout, chunk_size))
 
         report(progress, part.stat().st_size, part.stat().st_size, "Verifying the weights")
@@ -362,7 +313,7 @@ def download(
 
 
 def _source(source: Optional[WeightsSource]) -> WeightsSource:
-    return source if source is not None else SOURCES[DEFAULT_SOURCE]
+    return source if source is not None else get_model(DEFAULT_MODEL).default_source
 
 
 def _already_there(final: Path, source: WeightsSource, progress: Optional[ProgressCallback]) -> bool:
@@ -432,14 +383,51 @@ def _write_stamp(path: Path, source: WeightsSource) -> None:
         pass  # a read-only cache still works; it is only re-hashed at every start
 
 
+def _read_stamp(path: Path) -> Optional[dict]:
+    try:
+        stamp = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no stamp, or an unreadable one
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _with_stamped_checksum(path: Path, source: WeightsSource) -> WeightsSource:
+    """A hub source pins no checksum: the one the hub reported at its download, kept in the stamp."""
+    stamp = _read_stamp(path) if source.hub_checksum and source.checksum is None else None
+    if stamp and stamp.get("algorithm") == "sha256" and isinstance(stamp.get("digest"), str):
+        return source.with_checksum(stamp["digest"], None)
+    return source
+
+
 def _is_verified(path: Path, source: WeightsSource) -> bool:
     """True if the stamp still matches the file and ``source``'s checksum; else a full ``verify``."""
-    try:
-        if json.loads(_stamp_path(path).read_text(encoding="utf-8")) == _stamp_for(path, source):
-            return True
-    except (OSError, ValueError):
-        pass  # no stamp, or an unreadable one
+    if _read_stamp(path) == _stamp_for(path, _with_stamped_checksum(path, source)):
+        return True
     return verify(path, source)
+
+
+#: A SHA-256 in hex, as the hub's ``X-Linked-Etag`` gives it for a file stored with Git LFS.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _with_hub_checksum(source: WeightsSource, timeout: float) -> WeightsSource:
+    """``source`` with the SHA-256 and size the Hugging Face hub reports for its file: the hub
+    answers a HEAD on a ``resolve`` URL with a redirect carrying ``X-Linked-Etag`` (the file's
+    SHA-256) and ``X-Linked-Size``."""
+    import requests
+
+    try:
+        response = requests.head(source.url, allow_redirects=False, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        raise _download_error(source, error) from error
+    digest = response.headers.get("X-Linked-Etag", "").strip('"').lower()
+    size = response.headers.get("X-Linked-Size", "")
+    if not _SHA256.fullmatch(digest):
+        raise DownloadError(
+            f"{source.host} did not report a SHA-256 for {source.url}, so the download could not be checked "
+            f"and was not made. Download the file yourself and pass {source.offline_option}.")
+    return source.with_checksum(digest, int(size) if size.isdigit() else None)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,189 @@
+"""The segmentation models VISTA3DSlicer runs, as data: one description per published model.
+
+Every model here is the ``vista3d132`` network with the MONAI bundle's pipeline (reference doc
+§5): NV-Segment-CT is NVIDIA's later release of the same network and recipe, published apart
+from the MONAI bundle with its own weights and licence. A description says where the weights
+come from, under which licence, which prompts and modalities the model takes, and which
+environment variable names a local copy; ``weights`` downloads and finds them, and the command
+line (``--model``, ``vista3d models``) and the panel read these descriptions rather than
+assuming one model.
+
+This module imports nothing beyond the standard library: Slicer imports it at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+from urllib.parse import urlparse
+
+from .errors import VISTA3DError
+
+__all__ = ["WeightsSource", "Licence", "SegmentationModel", "MODELS", "DEFAULT_MODEL", "get_model"]
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """One place a checkpoint can be downloaded from, and how to recognise a good copy."""
+
+    name: str
+    url: str
+    filename: str  #: file name in the cache folder
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+    size: Optional[int] = None  #: bytes, where the publisher gives it
+    licence_note: str = ""
+    title: str = "VISTA3D weights"  #: what the file is, in messages
+    offline_option: str = "`--weights FILE` or set VISTA3D_WEIGHTS=FILE"  #: how to use a copy made elsewhere
+    download_command: str = "vista3d weights download"  #: the command line that fetches it, in messages
+    #: The file is on the Hugging Face hub and no checksum is pinned here: the download checks it
+    #: against the SHA-256 and size the hub reports for the stored file (its ``X-Linked-Etag``).
+    hub_checksum: bool = False
+
+    @property
+    def checksum(self) -> Optional[tuple[str, str]]:
+        """``(algorithm, hex digest)`` to check against, the strongest one known, or None."""
+        if self.sha256:
+            return "sha256", self.sha256.lower()
+        if self.md5:
+            return "md5", self.md5.lower()
+        return None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or self.url
+
+    def with_checksum(self, sha256: str, size: Optional[int]) -> "WeightsSource":
+        """This source with a SHA-256 (and size) learnt from the hub."""
+        return replace(self, sha256=sha256, size=size if size is not None else self.size)
+
+
+@dataclass(frozen=True)
+class Licence:
+    """The licence the weights come under (this project's code is Apache-2.0 either way)."""
+
+    name: str
+    url: str
+    commercial_use: str  #: "no", "yes", or what the publisher's sources say when they disagree
+
+    @property
+    def note(self) -> str:
+        return (f"These weights are NVIDIA's, under the {self.name} ({self.url}), not this project's Apache-2.0 "
+                f"licence. Commercial use: {self.commercial_use}. Check that the licence fits your use before "
+                "you use them.")
+
+
+@dataclass(frozen=True)
+class SegmentationModel:
+    """One published model: what it does, under which licence, and where its weights are."""
+
+    key: str  #: the ``--model`` value
+    title: str
+    summary: str
+    classes: int  #: trained class IDs (1..classes)
+    modalities: tuple[str, ...]
+    prompts: tuple[str, ...]  #: "automatic", "points" (+/− clicks), "zero-shot"
+    licence: Licence
+    sources: tuple[WeightsSource, ...]  #: the first is the default download
+    environment: str  #: the environment variable that names a local copy of the checkpoint
+
+    @property
+    def default_source(self) -> WeightsSource:
+        return self.sources[0]
+
+    def source(self, name: Optional[str] = None) -> WeightsSource:
+        """The source called ``name`` (default: the first)."""
+        if name is None:
+            return self.default_source
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise VISTA3DError(f"Unknown weights source {name!r} for {self.title}: use one of "
+                           f"{', '.join(s.name for s in self.sources)}.")
+
+
+_MONAI_BUNDLE_LICENCE = Licence(
+    "NVIDIA OneWay Noncommercial License (NCLS v1)", "https://huggingface.co/MONAI/vista3d", commercial_use="no")
+# NVIDIA's sources disagree (reference doc §1): the VISTA README's model table calls the
+# NV-Segment-CT weights "commercial friendly" (NVIDIA Open Model License), while the LICENSE file
+# of NV-Segment-CT in NVIDIA-Medtech/NV-Segment-CTMR limits the weights to non-commercial research
+# and evaluation (its §3.3). The user is told both and sent to the model card.
+_NV_SEGMENT_CT_LICENCE = Licence(
+    "NVIDIA Open Model License", "https://huggingface.co/nvidia/NV-Segment-CT",
+    commercial_use="yes according to the VISTA README's model table, but the LICENSE file of NV-Segment-CT in "
+    "github.com/NVIDIA-Medtech/NV-Segment-CTMR allows non-commercial research and evaluation only; read the "
+    "model card before any commercial use")
+
+
+def _vista3d_source(name: str, **fields) -> WeightsSource:
+    return WeightsSource(name=name, licence_note=_MONAI_BUNDLE_LICENCE.note, **fields)
+
+
+VISTA3D = SegmentationModel(
+    key="vista3d",
+    title="VISTA3D (MONAI bundle)",
+    summary="The MONAI model-zoo bundle of the CVPR 2025 paper: 127 CT structures, clicks, zero-shot.",
+    classes=132,
+    modalities=("CT",),
+    prompts=("automatic", "points", "zero-shot"),
+    licence=_MONAI_BUNDLE_LICENCE,
+    sources=(
+        _vista3d_source(
+            "huggingface",
+            # Pinned to a commit so that the file behind the URL cannot change under its checksum.
+            url="https://huggingface.co/MONAI/vista3d/resolve/c6dbe159632a4767696e09f91d74d729b82e73e6/models/model.pt",
+            filename="vista3d_model.pt",
+            sha256="c92bab26d00b4a5d89fa8a383900cdeb88302fd318e5e816df0bbec7106d9a1b",
+            size=871_970_895,
+        ),
+        _vista3d_source(
+            "nvidia",
+            url="https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/model_vista3d.pt",
+            # A different upload from the Hugging Face one (only an md5 is published for it), so it
+            # gets its own name in the cache.
+            filename="vista3d_model_nvidia.pt",
+            md5="6ce45a8edde4400c5d28d5e74d7b61d5",
+            download_command="vista3d weights download --source nvidia",
+        ),
+    ),
+    environment="VISTA3D_WEIGHTS",
+)
+
+NV_SEGMENT_CT = SegmentationModel(
+    key="nv-segment-ct",
+    title="NV-Segment-CT",
+    summary="NVIDIA's release of the VISTA3D network and recipe (NVIDIA-Medtech/NV-Segment-CTMR): "
+    "the same 127 CT structures, clicks and zero-shot, with its own weights and licence.",
+    classes=132,
+    modalities=("CT",),
+    prompts=("automatic", "points", "zero-shot"),
+    licence=_NV_SEGMENT_CT_LICENCE,
+    sources=(
+        WeightsSource(
+            name="huggingface",
+            # No commit or checksum of this file can be read from here (no access to the hub when
+            # this was written): the download checks the SHA-256 the hub reports for it.
+            url="https://huggingface.co/nvidia/NV-Segment-CT/resolve/main/vista3d_pretrained_model/model.pt",
+            filename="nv_segment_ct_model.pt",
+            licence_note=_NV_SEGMENT_CT_LICENCE.note,
+            title="NV-Segment-CT weights",
+            offline_option="`--weights FILE` or set NV_SEGMENT_CT_WEIGHTS=FILE",
+            download_command="vista3d weights download --model nv-segment-ct",
+            hub_checksum=True,
+        ),
+    ),
+    environment="NV_SEGMENT_CT_WEIGHTS",
+)
+
+#: Every model by its ``--model`` value.
+MODELS: dict[str, SegmentationModel] = {model.key: model for model in (VISTA3D, NV_SEGMENT_CT)}
+DEFAULT_MODEL = VISTA3D.key
+
+
+def get_model(key: str) -> SegmentationModel:
+    """The model called ``key``, refusing an unknown one with the list."""
+    try:
+        return MODELS[key]
+    except KeyError:
+        raise VISTA3DError(f"Unknown model {key!r}: use one of {', '.join(MODELS)} (`vista3d models` lists them)."
+                           ) from None
