@@ -41,6 +41,7 @@ from VISTA3DSlicerLib import labels, slicer_adapter
 from VISTA3DSlicerLib.dependencies import require as requireDependencies
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
+from VISTA3DSlicerLib.models import DEFAULT_MODEL, MODELS
 from VISTA3DSlicerLib.ct_check import ct_warning
 from VISTA3DSlicerLib.panel import (
     ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for, locate_checkpoint,
@@ -119,6 +120,7 @@ class VISTA3DSlicerParameterNode:
     runtime - what runs automatic segmentation: "torch" (the reference) or "openvino" (faster on a CPU).
     supervoxelsWholeVolume - compute supervoxels over the whole volume, not around the points.
     snapFraction - snap zero-shot segments to supervoxels covered above this fraction (0: off).
+    model - which model runs (``models.MODELS``): the VISTA3D bundle or NV-Segment-CT.
     exportFormat - the labelmap file type of Export.
     """
 
@@ -130,6 +132,7 @@ class VISTA3DSlicerParameterNode:
     runtime: Annotated[str, Choice(list(RUNTIMES))] = "torch"
     supervoxelsWholeVolume: bool = False
     snapFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    model: Annotated[str, Choice(list(MODELS))] = DEFAULT_MODEL
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = ".seg.nrrd"
 
 
@@ -230,6 +233,8 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.exportSegmentationSelector.setCurrentNode(segmentationNode)
         self.ui.exportDicomButton.enabled = bool(volumeNode and volumeNode.GetAttribute("DICOM.instanceUIDs"))
         self.logic.snapFraction = parameters.snapFraction if parameters else 0.0
+        self.logic.model = parameters.model if parameters else DEFAULT_MODEL
+        self.weights.showModel(self.logic.model)
         self.updateButtons()
 
     def _onLabelsTicked(self, prompt: str) -> None:
@@ -311,7 +316,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         parameters = self.parameters
-        weights = chosenWeights("vista3d")
+        weights = chosenWeights(parameters.model)
         with reportingErrors(_("Could not start VISTA3D."), waitCursor=False):
             installDependencies(self.logic, parameters.runtime)
             self.runningJob = self.logic.segment(
@@ -319,7 +324,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=parameters.device, precision=parameters.precision, runtime=parameters.runtime,
                 weights=weights,
                 replaceExisting=self._replaceExisting(parameters.outputSegmentation, self.labelTree.selection.ids),
-                allowDownload=downloadAllowed(self.logic.missingWeights(weights)),
+                allowDownload=downloadAllowed(self.logic.missingWeights(weights, parameters.model)),
                 waitForCompletion=False, progress=self.showProgress,
                 onDone=self._onSegmented, onError=self.onJobFailed,
             )
@@ -371,6 +376,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.snapFraction = 0.0
+        self.model = DEFAULT_MODEL  # which of models.MODELS runs (the panel sets it from its parameter node)
         self._engines = EngineCache()  # used on the worker thread
         self._clickSession: Optional[ClickSession] = None  # read and replaced on the main thread only
         self._supervoxelNode = None
@@ -702,7 +708,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _engineSettings(self, weights, device: str, precision: str, runtime: str, allowDownload: bool):
         """``EngineSettings.locate``; a click session made with other settings is dropped now, so
         that its network can be freed before the next one loads."""
-        settings, settingsOf = EngineSettings.locate(weights, device, precision, runtime, allowDownload)
+        settings, settingsOf = EngineSettings.locate(weights, device, precision, runtime, allowDownload, self.model)
         if self._clickSession is not None and self._clickSession.settings != settings:
             self._clickSession = None
         return settings, settingsOf

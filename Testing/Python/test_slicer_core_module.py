@@ -399,6 +399,35 @@ def test_the_click_session_follows_the_engine_settings_and_frees_the_old_network
     assert len(logic.pointsOf(liver)) == 2  # the click ran in the new session
 
 
+def test_the_model_chosen_decides_whose_weights_load(logic, ct, checkpoint, earlier_result, live_engines, caplog,
+                                                     monkeypatch):
+    """The panel sets ``logic.model`` from its Model combo box: that model's weights are looked for
+    (its own environment variable, its own download), and a change of model starts a new network."""
+    import logging
+
+    from VISTA3DSlicerLib.errors import VISTA3DError
+
+    monkeypatch.delenv("NV_SEGMENT_CT_WEIGHTS", raising=False)
+    monkeypatch.setenv("VISTA3D_WEIGHTS", str(checkpoint))  # the bundle's weights are here, NV-Segment-CT's not
+    segmentation = written_segmentation(ct, earlier_result)
+    liver = segments_of(segmentation)["Liver"]
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    logic.model = "nv-segment-ct"
+    with pytest.raises(VISTA3DError, match="The NV-Segment-CT weights are not on this computer"):
+        logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, device="cpu")
+    assert logic.missingWeights(None, logic.model).title == "NV-Segment-CT weights"
+
+    monkeypatch.setenv("NV_SEGMENT_CT_WEIGHTS", str(checkpoint))
+    with caplog.at_level(logging.INFO, logger="VISTA3DSlicerLib.engine"):
+        logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, device="cpu")
+        logic.model = "vista3d"
+        click_points(logic, ct, [(18, 20, 15), (20, 21, 15)])
+        logic.updateSegmentFromPoints(ct, segmentation, liver, positive, negative, device="cpu")
+    loaded = [record.args[0] for record in caplog.records if record.getMessage().startswith("Loading the")]
+    assert loaded == ["nv-segment-ct", "vista3d"]
+    assert len(live_engines()) == 1  # the NV-Segment-CT network was let go
+
+
 def test_the_click_session_is_installed_on_the_main_thread(logic, ct, checkpoint, vista3d_module, earlier_result):
     """Built on the worker, it becomes the Logic's only when the job's result is dispatched."""
     segmentation = written_segmentation(ct, earlier_result)

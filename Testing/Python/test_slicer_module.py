@@ -238,6 +238,8 @@ PANEL_WIDGETS = {
     "outputSegmentationSelector": "qMRMLNodeComboBox",
     # 2. Model
     "modelCollapsibleButton": "ctkCollapsibleButton",
+    "modelComboBox": "QComboBox",
+    "modelInfoLabel": "QLabel",
     "deviceComboBox": "QComboBox",
     "deviceInfoLabel": "QLabel",
     "precisionComboBox": "QComboBox",
@@ -298,7 +300,7 @@ PANEL_SECTIONS = [
     ("inputsCollapsibleButton", "Input and output", False,
      ["inputVolumeSelector", "ctWarningLabel", "outputSegmentationSelector"]),
     ("modelCollapsibleButton", "Model", False,
-     ["deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
+     ["modelComboBox", "modelInfoLabel", "deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
       "weightsStatusLabel", "downloadWeightsButton", "browseWeightsButton", "openWeightsFolderButton",
       "deleteWeightsButton"]),
     ("autoCollapsibleButton", "Automatic segmentation", False,
@@ -333,6 +335,7 @@ PARAMETER_BINDINGS = {
     "inputVolumeSelector": "inputVolume",
     "outputSegmentationSelector": "outputSegmentation",
     "labelsLineEdit": "labels",
+    "modelComboBox": "model",
     "deviceComboBox": "device",
     "precisionComboBox": "precision",
     "runtimeComboBox": "runtime",
@@ -343,6 +346,7 @@ PARAMETER_BINDINGS = {
 
 #: The fixed items of the combo boxes (the parameter values, so never translated).
 COMBO_ITEMS = {
+    "modelComboBox": ["vista3d", "nv-segment-ct"],
     "deviceComboBox": ["auto", "cpu", "cuda"],
     "precisionComboBox": ["fp32", "fp16", "bf16"],
     "runtimeComboBox": ["torch", "openvino"],
@@ -913,6 +917,7 @@ def test_ui_binds_one_widget_to_each_parameter(panel):
 
 def test_ui_widgets_are_set_up_as_the_module_expects(panel):
     from VISTA3DSlicerLib.model import DEVICES, PRECISIONS
+    from VISTA3DSlicerLib.models import MODELS
 
     for name, expected in PANEL_PROPERTIES.items():
         widget = child(panel, name)
@@ -929,6 +934,7 @@ def test_ui_widgets_are_set_up_as_the_module_expects(panel):
         combo = child(panel, name)
         assert [combo.itemText(i) for i in range(combo.count())] == choices, name
     assert COMBO_ITEMS["deviceComboBox"] == list(DEVICES)
+    assert COMBO_ITEMS["modelComboBox"] == list(MODELS)
     assert COMBO_ITEMS["precisionComboBox"] == list(PRECISIONS)
 
 
@@ -971,16 +977,22 @@ def fill_like_the_module(panel) -> None:
     from PySide6.QtWidgets import QListWidgetItem, QTreeWidgetItem
 
     from VISTA3DSlicerLib import labels
+    from VISTA3DSlicerLib.models import MODELS
+    from VISTA3DSlicerLib.panel import WEIGHTS_MODELS
 
     def ui(name: str):
         return child(panel, name)
 
     ui("inputVolumeSelector").addNode("CT chest")
     ui("ctWarningLabel").hide()  # the module shows it only for a volume that does not look like a CT
+    ui("modelComboBox").setCurrentText("vista3d")
+    licence = MODELS["vista3d"].licence
+    ui("modelInfoLabel").setText(f"Automatic, points, zero-shot. Licence: {licence.name} ({licence.url}). "
+                                 f"Commercial use: {licence.commercial_use}.")
     ui("deviceComboBox").setCurrentText("auto")
     ui("deviceInfoLabel").setText("NVIDIA RTX 4090 \u00b7 21.3 GB free")
     ui("precisionComboBox").setCurrentText("fp32")
-    ui("weightsModelComboBox").addItems(["VISTA3D", "SAM ViT-B (zero-shot supervoxels)"])
+    ui("weightsModelComboBox").addItems([model.title for model in WEIGHTS_MODELS])
     ui("weightsStatusLabel").setText("Ready (downloaded): ~/.cache/vista3d/model.pt")
     ui("downloadWeightsButton").setEnabled(False)  # already downloaded
 

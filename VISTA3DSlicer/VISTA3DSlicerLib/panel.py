@@ -24,7 +24,7 @@ import numpy as np
 from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
-from .models import MODELS as SEGMENTATION_MODELS
+from .models import DEFAULT_MODEL, MODELS as SEGMENTATION_MODELS
 from .interactive import Click, Edit, Structure, changed_box
 from .progress import CancelToken, ProgressCallback
 
@@ -194,23 +194,26 @@ class ClickEditor:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """What decides the network that runs: the checkpoint file, the device, the precision and the runtime."""
+    """What decides the network that runs: the model, its checkpoint file, the device, the precision
+    and the runtime."""
 
     weights: Path
     device: str
     precision: str
     runtime: str
+    model: str = DEFAULT_MODEL
 
     @classmethod
     def locate(cls, weights: Union[str, Path, None], device: str, precision: str, runtime: str,
-               allow_download: bool) -> tuple[Optional["EngineSettings"], Callable[[ProgressCallback, CancelToken],
-                                                                                    "EngineSettings"]]:
-        """The settings of a job: ``(settings, settings_of)``, the settings when VISTA3D's checkpoint
+               allow_download: bool, model: str = DEFAULT_MODEL
+               ) -> tuple[Optional["EngineSettings"], Callable[[ProgressCallback, CancelToken], "EngineSettings"]]:
+        """The settings of a job: ``(settings, settings_of)``, the settings when ``model``'s checkpoint
         is here (None while it is still to be downloaded) and a function for the worker giving them,
         downloading the checkpoint first where that is allowed (``locate_checkpoint``)."""
-        path, path_of = locate_checkpoint("vista3d", weights, allow_download)
-        settings = cls(path, device, precision, runtime) if path is not None else None
-        return settings, lambda report, cancel: settings or cls(path_of(report, cancel), device, precision, runtime)
+        path, path_of = locate_checkpoint(model, weights, allow_download)
+        settings = cls(path, device, precision, runtime, model) if path is not None else None
+        return settings, lambda report, cancel: settings or cls(path_of(report, cancel), device, precision, runtime,
+                                                                model)
 
 
 class EngineCache:
@@ -235,7 +238,8 @@ class EngineCache:
             if settings != self._settings:
                 self._settings = self._engine = None
                 self._engine = Engine.from_weights(settings.weights, device=settings.device,
-                                                   precision=settings.precision, runtime=settings.runtime)
+                                                   precision=settings.precision, runtime=settings.runtime,
+                                                   model=settings.model)
                 self._settings = settings
             return self._engine
 

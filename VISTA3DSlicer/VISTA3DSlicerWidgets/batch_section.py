@@ -58,8 +58,8 @@ class BatchSection:
             if not labelIds:
                 raise VISTA3DError(_("Tick the structures to segment (or Everything) first."))
             installDependencies(panel.logic, parameters.runtime)
-            weights = chosenWeights("vista3d")
-            allowDownload = downloadAllowed(panel.logic.missingWeights(weights))
+            weights = chosenWeights(parameters.model)
+            allowDownload = downloadAllowed(panel.logic.missingWeights(weights, parameters.model))
             self.cancel = CancelToken()
             panel.updateButtons()
             outputFolder = panel.ui.batchOutputPathLineEdit.currentPath or None

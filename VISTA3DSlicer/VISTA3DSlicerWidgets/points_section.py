@@ -84,12 +84,12 @@ class PointsSection:
         panel.logic.snapFraction = parameters.snapFraction
         try:  # a slot: what fails here must reach the panel, not only the console
             installDependencies(panel.logic, parameters.runtime)
-            weights = chosenWeights("vista3d")
+            weights = chosenWeights(parameters.model)
             panel.logic.updateSegmentFromPoints(
                 parameters.inputVolume, panel.ui.targetSegmentSelector.currentNode(), segmentId,
                 self._pointNode(True), self._pointNode(False), device=parameters.device,
                 precision=parameters.precision, runtime=parameters.runtime, weights=weights,
-                allowDownload=downloadAllowed(panel.logic.missingWeights(weights)),
+                allowDownload=downloadAllowed(panel.logic.missingWeights(weights, parameters.model)),
                 waitForCompletion=False, progress=panel.showProgress,
                 onDone=self.onApplied, onError=self.onRefused)
         except Exception as error:

@@ -7,6 +7,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from VISTA3DSlicerLib.models import get_model
 from VISTA3DSlicerLib.panel import WEIGHTS_MODELS, weights_status
 
 from .dialogs import confirmDownload, installDependencies, reportingErrors
@@ -35,6 +36,15 @@ class WeightsSection:
         ui.openWeightsFolderButton.connect("clicked(bool)", self.onOpenFolder)
         ui.deleteWeightsButton.connect("clicked(bool)", self.onDelete)
         self.updateStatus()
+
+    def showModel(self, model: str) -> None:
+        """The model chosen to run: what it is, its licence, and its row in the weights combo box."""
+        described = get_model(model)
+        self.panel.ui.modelInfoLabel.text = _("{prompts}. Licence: {licence} ({url}). Commercial use: {commercial}.").format(
+            prompts=", ".join(described.prompts).capitalize(), licence=described.licence.name,
+            url=described.licence.url, commercial=described.licence.commercial_use)
+        keys = [entry.model for entry in WEIGHTS_MODELS]
+        self.panel.ui.weightsModelComboBox.currentIndex = keys.index(model)
 
     def _model(self):
         return WEIGHTS_MODELS[max(self.panel.ui.weightsModelComboBox.currentIndex, 0)]
