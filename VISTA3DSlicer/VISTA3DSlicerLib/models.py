@@ -149,14 +149,13 @@ VISTA3D = SegmentationModel(
     environment="VISTA3D_WEIGHTS",
 )
 
-NV_SEGMENT_CT = SegmentationModel(
+# The same network, classes and prompts as the bundle: only what it is, its licence and its weights differ.
+NV_SEGMENT_CT = replace(
+    VISTA3D,
     key="nv-segment-ct",
     title="NV-Segment-CT",
     summary="NVIDIA's release of the VISTA3D network and recipe (NVIDIA-Medtech/NV-Segment-CTMR): "
     "the same 127 CT structures, clicks and zero-shot, with its own weights and licence.",
-    classes=132,
-    modalities=("CT",),
-    prompts=("automatic", "points", "zero-shot"),
     licence=_NV_SEGMENT_CT_LICENCE,
     sources=(
         WeightsSource(
