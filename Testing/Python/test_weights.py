@@ -653,10 +653,31 @@ def test_a_hub_source_is_checked_against_the_sha256_the_hub_reports(server, home
     assert json.loads(path.with_name(path.name + ".verified.json").read_text(encoding="utf-8"))["digest"] == digest
     server.log.clear()
     assert weights.resolve("nv-segment-ct") == path  # later, offline: the stamp keeps the hub's digest
+    for touch in (1, 2):  # a file whose time changed is hashed again against that digest, which stays
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + touch * 10**9))
+        assert weights.resolve("nv-segment-ct") == path
     assert server.log == []
     path.write_bytes(server.payload[:-1] + bytes([server.payload[-1] ^ 1]))  # same size, other bytes
     with pytest.raises(WeightsNotFoundError, match="failed its checksum"):
         weights.resolve("nv-segment-ct")
+
+
+def test_the_command_line_downloads_a_hub_model_after_its_licence_and_verifies_it(server, home, monkeypatch,
+                                                                                 tmp_path, capsys):
+    hub_reports(server, hashlib.sha256(server.payload).hexdigest())
+    source = replace(hub_source(server), licence_note=models.NV_SEGMENT_CT.licence.note)
+    use_only(monkeypatch, source, "nv-segment-ct")
+    assert main(["weights", "download", "--model", "nv-segment-ct"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith(models.NV_SEGMENT_CT.licence.note)  # before anything is fetched
+    path = Path(out.strip())
+    assert path.read_bytes() == server.payload
+    assert main(["weights", "verify", "--model", "nv-segment-ct"]) == 0
+    assert "checksum OK" in capsys.readouterr().out
+    mine = tmp_path / "copied.pt"  # a copy made elsewhere: no hub digest beside it
+    mine.write_bytes(server.payload)
+    assert main(["weights", "verify", "--model", "nv-segment-ct", "--weights", str(mine)]) == 1
+    assert "has no checksum to be checked against" in capsys.readouterr().err
 
 
 def test_a_file_other_than_the_one_the_hub_reports_is_refused(server, home):

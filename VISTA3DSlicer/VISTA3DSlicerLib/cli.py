@@ -459,7 +459,9 @@ def _weights(args: argparse.Namespace) -> int:
         if weights.verify(path, source):
             print(f"{path}: checksum OK ({source.name})")
             return 0
-        print(f"{path}: checksum does NOT match the {source.name} release. Download it again.", file=sys.stderr)
+        problem = weights.mismatch(path, source)
+        print(f"{path}: checksum does NOT match the {source.name} release: it {problem}. Download it again "
+              f"(`{source.download_command}`).", file=sys.stderr)
         return 1
     print(source.licence_note, file=sys.stderr)
     path = _download_with_bar(source)

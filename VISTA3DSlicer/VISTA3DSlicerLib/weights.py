@@ -43,7 +43,7 @@ from .progress import CancelToken, ProgressCallback, check_cancelled, report
 __all__ = [
     "WeightsSource", "SAM_SOURCES", "cache_dir", "cached_path", "MODELS", "source_for",
     "resolve",
-    "download", "verify", "file_digest", "delete_cached", "WeightsNotFoundError", "DownloadError", "ChecksumError",
+    "download", "verify", "mismatch", "file_digest", "delete_cached", "WeightsNotFoundError", "DownloadError", "ChecksumError",
 ]
 
 _SAM_LICENCE = "SAM's weights are Meta's, published under the Apache-2.0 licence."
@@ -232,6 +232,11 @@ def verify(path: Path, source: WeightsSource) -> bool:
     return ok
 
 
+def mismatch(path: Path, source: WeightsSource) -> Optional[str]:
+    """Why ``path`` is not ``source``'s file ("has the wrong sha256 checksum"...), or None when it is."""
+    return _mismatch(path, _with_stamped_checksum(path, source))
+
+
 def download(
     source: Optional[WeightsSource] = None,
     *,
@@ -355,6 +360,9 @@ def _mismatch(path: Path, source: WeightsSource) -> Optional[str]:
             algorithm, expected = source.checksum
             if file_digest(path, algorithm) != expected:
                 return f"has the wrong {algorithm} checksum"
+        elif source.hub_checksum:
+            return ("has no checksum to be checked against: only a copy that `vista3d weights download` made "
+                    "has one (the hub's, kept beside it)")
     except OSError as error:
         raise VISTA3DError(
             f"Cannot read the {source.title} file {path} ({error.strerror or error}). Make it readable for this "
