@@ -31,6 +31,18 @@ SUBCLASS = {
     "20": [28, 29, 30, 31, 32],
     "21": list(range(33, 57)) + list(range(63, 98)) + [114, 120, 122],
 }
+#: What differs between the bundles' ``configs/inference.json`` (NVIDIA-Medtech/NV-Segment-CTMR): the
+#: automatic windows (``patch_size``) and the intensity transform, as the config names them.
+BUNDLE_CONFIGS = {
+    "vista3d": {
+        "patch_size": [128, 128, 128],
+        "intensity": ("ScaleIntensityRanged", {"a_min": -963.8247715525971, "a_max": 1053.678477684517}),
+    },
+    "nv-segment-ctmr": {
+        "patch_size": [192, 192, 128],
+        "intensity": ("ScaleIntensityRangePercentilesd", {"lower": 1, "upper": 99}),
+    },
+}
 
 
 def run_reference(
@@ -42,6 +54,7 @@ def run_reference(
     *,
     device: "torch.device | str" = "cpu",
     precision: str = "fp32",
+    config: str = "vista3d",
 ) -> np.ndarray:
     """Labelmap (float array on the input grid, nibabel's [i, j, k]) that the bundle produces.
 
@@ -49,7 +62,8 @@ def run_reference(
     Voxels outside every point window are 255, as the bundle writes them. ``device`` holds the
     image from its loading on (the bundle's ``EnsureTyped(device=@device)``) and the network;
     ``precision`` other than fp32 runs the network under autocast (the bundle's ``amp: true``
-    is fp16 on a GPU).
+    is fp16 on a GPU). ``config`` is the bundle whose windows and intensity scaling are wired
+    (``BUNDLE_CONFIGS``; NV-Segment-CT's are the VISTA3D bundle's).
     """
     import torch
     from monai.apps.vista3d.transforms import VistaPreTransformd
@@ -62,10 +76,13 @@ def run_reference(
         EnsureTyped,
         LoadImaged,
         Orientationd,
-        ScaleIntensityRanged,
         Spacingd,
     )
+    from monai import transforms
     from monai.utils import set_determinism
+
+    bundle = BUNDLE_CONFIGS[config]
+    intensity_target, intensity_arguments = bundle["intensity"]
 
     set_determinism(seed=123)
     preprocessing = Compose(
@@ -76,9 +93,7 @@ def run_reference(
             Spacingd(keys="image", pixdim=[1.5, 1.5, 1.5], mode="bilinear"),
             CropForegroundd(keys="image", source_key="image", margin=10, allow_smaller=True),
             VistaPreTransformd(keys="image", subclass=SUBCLASS, labels_dict=None),
-            ScaleIntensityRanged(
-                keys="image", a_min=-963.8247715525971, a_max=1053.678477684517, b_min=0, b_max=1, clip=True
-            ),
+            getattr(transforms, intensity_target)(keys="image", b_min=0, b_max=1, clip=True, **intensity_arguments),
             Orientationd(keys="image", axcodes="RAS"),
             CastToTyped(keys="image", dtype=torch.float32),
         ]
@@ -104,7 +119,7 @@ def run_reference(
         # Vista3dInferer without points: SlidingWindowInfererAdapt with its defaults (overlap 0.25,
         # constant blending), replicate padding and patch coordinates.
         inferer = SlidingWindowInfererAdapt(
-            roi_size=[128, 128, 128], sw_batch_size=1, with_coord=True, padding_mode="replicate"
+            roi_size=bundle["patch_size"], sw_batch_size=1, with_coord=True, padding_mode="replicate"
         )
         pred = inferer(
             inputs,

@@ -40,6 +40,12 @@ def example_ct() -> Path:
 
 
 @pytest.fixture(scope="session")
+def example_mr() -> Path:
+    """TotalSegmentator's small example MR: 117 x 91 x 20 voxels of 3 mm."""
+    return example_file("example_mr_sm.nii.gz")
+
+
+@pytest.fixture(scope="session")
 def example_ct_crop(tmp_path_factory, example_ct) -> Path:
     """A crop of the example CT (abdomen, 70 x 64 x 30 voxels): two windows along one axis at 1.5 mm."""
     import nibabel as nib

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from VISTA3DSlicerLib.engine import Engine
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.io import read_image, write_labelmap
-from VISTA3DSlicerLib.preprocessing import INTENSITY_MAX, INTENSITY_MIN
+from VISTA3DSlicerLib.preprocessing import VISTA3D_PREPROCESSING
 
 BRIGHT_HU = 300.0
-BRIGHT_SCALED = (BRIGHT_HU - INTENSITY_MIN) / (INTENSITY_MAX - INTENSITY_MIN)
+INTENSITY = VISTA3D_PREPROCESSING.intensity
+BRIGHT_SCALED = (BRIGHT_HU - INTENSITY.a_min) / (INTENSITY.a_max - INTENSITY.a_min)
 
 
 class IntensityProbe(torch.nn.Module):

@@ -17,10 +17,13 @@ import torch
 
 from bench import main as bench_main
 from VISTA3DSlicerLib.cli import main
-from VISTA3DSlicerLib.engine import WINDOW, Engine
+from VISTA3DSlicerLib.engine import Engine
 from VISTA3DSlicerLib.errors import VISTA3DError
 from VISTA3DSlicerLib.io import read_image
 from VISTA3DSlicerLib.model import check_runtime
+from VISTA3DSlicerLib.preprocessing import VISTA3D_PREPROCESSING
+
+WINDOW = VISTA3D_PREPROCESSING.window
 
 LABELS = [1, 3, 5, 6]
 
@@ -46,11 +49,11 @@ def test_openvino_features_are_pytorchs_up_to_rounding(home, small_network):
     engine = Engine(small_network, "cpu", runtime="openvino")
     messages = []
     engine.prepare_runtime(lambda done, total, message: messages.append(message))
-    window = torch.randn(1, 1, WINDOW, WINDOW, WINDOW, generator=torch.Generator().manual_seed(1))
+    window = torch.randn(1, 1, *WINDOW, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = engine.windows.window_features(window)
     features = engine.windows.openvino.features("fp32", 1)(window)
-    assert features.shape == expected.shape == (1, 8, WINDOW, WINDOW, WINDOW)
+    assert features.shape == expected.shape == (1, 8, *WINDOW)
     assert features.dtype == torch.float32
     error = (features - expected).abs().max().item()
     assert 0 < error <= 1e-3 * expected.abs().max().item()  # rounding, not another computation

@@ -35,7 +35,7 @@ from .errors import VISTA3DError
 from .geometry import Image
 from .memory import GIB, gpu_memory_available, host_memory_available
 from .models import DEFAULT_MODEL, get_model
-from .preprocessing import SPACING_MM, WINDOW, Preprocessed, preprocess
+from .preprocessing import VISTA3D_PREPROCESSING, Preprocessed, Preprocessing, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 from .sliding_window import WindowGrid, stitch_in_slabs
 
@@ -46,37 +46,36 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Overlap of the sliding windows, as the bundle's ``SlidingWindowInfererAdapt`` runs (reference doc
-#: §5.4 B): the configured overlap 0.3 never reaches it, so its default applies.
-OVERLAP = 0.25
 #: About how many stitched voxels become labels at once (117 classes' logits: 117 MiB).
 LOGIT_CHUNK_VOXELS = 2**18
 
 
-def window_grid(shape: Sequence[int]) -> WindowGrid:
+def window_grid(shape: Sequence[int], preprocessing: Preprocessing = VISTA3D_PREPROCESSING) -> WindowGrid:
     """The windows over a preprocessed volume of ``shape``."""
-    return WindowGrid(tuple(shape), WINDOW, OVERLAP)
+    return WindowGrid(tuple(shape), preprocessing.window, preprocessing.overlap)
 
 
-def count_windows(shape: Sequence[int]) -> int:
-    """Number of 128³ windows for a preprocessed volume of ``shape`` (for progress reporting)."""
-    grid = window_grid(shape)
+def count_windows(shape: Sequence[int], preprocessing: Preprocessing = VISTA3D_PREPROCESSING) -> int:
+    """Number of windows for a preprocessed volume of ``shape`` (for progress reporting)."""
+    grid = window_grid(shape, preprocessing)
     return math.prod(grid.count(axis) for axis in range(len(shape)))
 
 
-def network_grid(shape: Sequence[int], affine: np.ndarray) -> tuple[int, int, int]:
+def network_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: float = VISTA3D_PREPROCESSING.spacing_mm
+                 ) -> tuple[int, int, int]:
     """The shape the preprocessing resamples an image of ``shape`` and ``affine`` to (1.5 mm, before
     the foreground crop), computed from the geometry alone as MONAI's ``Spacing`` does, so that
     nothing is allocated."""
     from monai.data.utils import compute_shape_offset, zoom_affine
 
     affine = np.asarray(affine, dtype=np.float64)
-    resampled = zoom_affine(affine, [SPACING_MM] * 3, diagonal=False)
+    resampled = zoom_affine(affine, [spacing_mm] * 3, diagonal=False)
     grid, _ = compute_shape_offset(list(shape), affine, resampled, scale_extent=False)
     return tuple(int(n) for n in grid)  # type: ignore[return-value]
 
 
-def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: int, batch: int = 1) -> int:
+def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: int, batch: int = 1,
+                  preprocessing: Preprocessing = VISTA3D_PREPROCESSING) -> int:
     """Bytes a segmentation allocates at its peak, from the volume's sizes alone.
 
     Counts the allocations that grow with the volume (the network's own working memory for one
@@ -86,17 +85,18 @@ def memory_needed(source_shape: Sequence[int], grid: Sequence[int], channels: in
     """
     source = math.prod(source_shape)
     voxels = math.prod(grid)
-    windows = window_grid(grid)
+    windows = window_grid(grid, preprocessing)
     padded = math.prod(windows.padded_shape)  # MONAI pads a short axis to a whole window
     buffer = windows.buffer_depth(batch) * math.prod(windows.padded_shape[1:])
+    outputs = math.prod(preprocessing.window) * batch
     # The float32 copy of the input and the resampled image exist together.
-    preprocessing = 4 * source + 4 * voxels
+    resampling = 4 * source + 4 * voxels
     # The image (and its padded copy), the int32 labels, the float32 buffer of stitched channels a
     # window or so deep, and the output of one batch of windows.
-    stitching = 4 * (voxels + padded) + 4 * voxels + 4 * channels * buffer + 4 * channels * WINDOW**3 * batch
+    stitching = 4 * (voxels + padded) + 4 * voxels + 4 * channels * buffer + 4 * channels * outputs
     # The labels resampled (float32) to the input grid, and np.rint's copy of them.
     restoring = 4 * voxels + 2 * 4 * source
-    return max(preprocessing, stitching, restoring)
+    return max(resampling, stitching, restoring)
 
 
 def available_memory(device: "torch.device") -> Optional[int]:
@@ -182,9 +182,11 @@ class Engine:
         precision: str = "fp32",
         window_batch: int = 1,
         runtime: str = "torch",
+        preprocessing: Preprocessing = VISTA3D_PREPROCESSING,
     ):
         """``window_batch``: windows per network call (automatic segmentation); more use more memory.
-        ``runtime``: what runs the windows of automatic segmentation (``model.RUNTIMES``)."""
+        ``runtime``: what runs the windows of automatic segmentation (``model.RUNTIMES``).
+        ``preprocessing``: the model's (``models.SegmentationModel.preprocessing``)."""
         import torch
 
         from .model import autocast, check_runtime
@@ -195,6 +197,7 @@ class Engine:
         check_runtime(runtime, self.device)
         self.precision = precision
         self.window_batch = window_batch
+        self.preprocessing = preprocessing
         if self.device.type == "cuda":
             # Every window has the same shape, so cuDNN's search for the fastest convolutions is paid once.
             torch.backends.cudnn.benchmark = True
@@ -203,7 +206,7 @@ class Engine:
         #: How each window is computed, chosen once: VISTA3D's parts, or its forward alone.
         self.windows: WindowComputation
         if hasattr(network, "class_head"):
-            self.windows = ClassHeadWindows(self.network, runtime)
+            self.windows = ClassHeadWindows(self.network, runtime, preprocessing.window)
         elif runtime == "openvino":
             raise VISTA3DError("The OpenVINO runtime needs VISTA3D's image encoder and class head.")
         else:
@@ -224,7 +227,8 @@ class Engine:
         check_runtime(runtime, resolved)  # before minutes of loading
         path = resolve(model, weights)
         logger.info("Loading the %s weights from %s onto %s", model, path, resolved)
-        return cls(load_network(path, resolved), resolved, precision, runtime=runtime)
+        return cls(load_network(path, resolved), resolved, precision, runtime=runtime,
+                   preprocessing=get_model(model).preprocessing)
 
     def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:
         """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the
@@ -248,7 +252,7 @@ class Engine:
         import torch
 
         class_ids = _class_ids(label_ids)  # before the preprocessing, not after it
-        grid = network_grid(image.shape, image.affine)
+        grid = network_grid(image.shape, image.affine, self.preprocessing.spacing_mm)
         self._check_memory(image.shape, grid, len(class_ids))
         prepared: Optional[Preprocessed] = None
 
@@ -260,7 +264,7 @@ class Engine:
                 check_cancelled(cancel)
                 report(progress, 0, 1, "Preprocessing")
                 with torch.inference_mode():
-                    prepared = preprocess(image, placement.network)
+                    prepared = preprocess(image, placement.network, self.preprocessing)
             return self._segment_once(prepared, class_ids, placement, progress, cancel)
 
         return image.with_array(self._with_fallback(attempt, grid, len(class_ids)))
@@ -288,12 +292,13 @@ class Engine:
 
     def _check_memory(self, source_shape: Sequence[int], grid: Sequence[int], classes: int) -> None:
         """Refuse, before anything is allocated, a segmentation that cannot fit in the memory available."""
-        needed = memory_needed(source_shape, grid, self.stitched_channels(classes), self.window_batch)
+        needed = memory_needed(source_shape, grid, self.stitched_channels(classes), self.window_batch,
+                               self.preprocessing)
         available = available_memory(self.device)
         if available is not None and needed > available:
             raise VISTA3DError(
                 f"The volume is too large for the memory available: {_format_shape(source_shape)} voxels are "
-                f"{_format_shape(grid)} = {math.prod(grid):,} voxels at {SPACING_MM} mm, and segmenting {classes} "
+                f"{_format_shape(grid)} = {math.prod(grid):,} voxels at {self.preprocessing.spacing_mm} mm, and segmenting {classes} "
                 f"classes needs about {needed / GIB:.1f} GB, but only {available / GIB:.1f} GB is free. Segment "
                 "fewer labels, crop the volume to the region of interest, or use a machine with more memory."
             )
@@ -322,7 +327,7 @@ class Engine:
             self.network.to(self.device)  # the next image may fit the engine's device again
         raise VISTA3DError(
             f"Out of memory segmenting a volume of {math.prod(grid):,} voxels ({_format_shape(grid)} at "
-            f"{SPACING_MM} mm) with {classes} classes: segment fewer labels, crop the volume, or use a machine "
+            f"{self.preprocessing.spacing_mm} mm) with {classes} classes: segment fewer labels, crop the volume, or use a machine "
             "with more memory."
         )
 
@@ -353,10 +358,10 @@ class Engine:
 
             stitch_in_slabs(
                 image,
-                self._counted(forward, placement, count_windows(image.shape[1:]), progress, cancel),
+                self._counted(forward, placement, count_windows(image.shape[1:], self.preprocessing), progress, cancel),
                 label_slab,
-                window=WINDOW,
-                overlap=OVERLAP,
+                window=self.preprocessing.window,
+                overlap=self.preprocessing.overlap,
                 batch=placement.batch,
                 device=stitching,
             )
@@ -435,14 +440,15 @@ class ClassHeadWindows:
     from OpenVINO and the class head's product is taken here.
     """
 
-    def __init__(self, network: "torch.nn.Module", runtime: str = "torch"):
+    def __init__(self, network: "torch.nn.Module", runtime: str = "torch",
+                 window: tuple[int, int, int] = VISTA3D_PREPROCESSING.window):
         self.network = network
         self.feature_channels: int = network.class_head.class_embeddings.embedding_dim
         self.openvino = None
         if runtime == "openvino":
             from .openvino_runtime import OpenVINOWindows
 
-            self.openvino = OpenVINOWindows(network, self.window_features, WINDOW)
+            self.openvino = OpenVINOWindows(network, self.window_features, window)
 
     def stitched_channels(self, classes: int) -> int:
         return min(classes, self.feature_channels)

@@ -112,7 +112,7 @@ class Session:
             default_budget(engine.device) if cache_budget_bytes is None else cache_budget_bytes, engine.device
         )
         with torch.inference_mode():
-            self.prepared = preprocess(image, engine.device)
+            self.prepared = preprocess(image, engine.device, engine.preprocessing)
             self.point_windows = PointWindowInferer(engine, self.prepared.tensor.as_tensor()[None], cache)
 
     # -- clicks in the user's coordinates -----------------------------------------------------------

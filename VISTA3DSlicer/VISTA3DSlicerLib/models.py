@@ -8,7 +8,7 @@ environment variable names a local copy; ``weights`` downloads and finds them, a
 line (``--model``, ``vista3d models``) and the panel read these descriptions rather than
 assuming one model.
 
-This module imports nothing beyond the standard library: Slicer imports it at start-up.
+This module imports no torch or monai: Slicer imports it at start-up.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import VISTA3DError
+from .preprocessing import VISTA3D_PREPROCESSING, Preprocessing
 
 __all__ = ["WeightsSource", "Licence", "SegmentationModel", "MODELS", "DEFAULT_MODEL", "get_model"]
 
@@ -86,6 +87,8 @@ class SegmentationModel:
     licence: Licence
     sources: tuple[WeightsSource, ...]  #: the first is the default download
     environment: str  #: the environment variable that names a local copy of the checkpoint
+    #: The bundle's preprocessing and windows (its ``inference.json``).
+    preprocessing: Preprocessing = VISTA3D_PREPROCESSING
 
     @property
     def default_source(self) -> WeightsSource:

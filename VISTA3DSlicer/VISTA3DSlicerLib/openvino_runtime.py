@@ -65,7 +65,7 @@ class OpenVINOWindows:
     """``window_features`` (a function of ``network`` from windows to features) computed by OpenVINO on the CPU.
 
     ``features(precision, batch)`` gives the function the engine calls on each batch of windows
-    ``[batch, 1, window, window, window]``; it returns what ``window_features`` returns, in float32.
+    ``[batch, 1, *window]``; it returns what ``window_features`` returns, in float32.
     Compiled models are kept per (precision, batch).
     """
 
@@ -73,7 +73,7 @@ class OpenVINOWindows:
         self,
         network: "torch.nn.Module",
         window_features: WindowFunction,
-        window: int,
+        window: tuple[int, int, int],
         cache_folder: Optional[Path] = None,
     ):
         openvino = _import_openvino()
@@ -121,7 +121,7 @@ class OpenVINOWindows:
         if self._digest is None:
             self._digest = weights_digest(self.network)
         versions = f"openvino {openvino.__version__}, monai {monai.__version__}"
-        name = hashlib.sha256(f"{self._digest} {versions} batch {batch}".encode()).hexdigest()[:24]
+        name = hashlib.sha256(f"{self._digest} {versions} batch {batch} window {self.window}".encode()).hexdigest()[:24]
         folder = self.cache_folder / name
         model = folder / "class_features.xml"
         try:
@@ -165,7 +165,7 @@ class OpenVINOWindows:
             def forward(self, windows: torch.Tensor) -> torch.Tensor:
                 return self.window_features(windows)
 
-        example = torch.zeros(batch, 1, self.window, self.window, self.window)
+        example = torch.zeros(batch, 1, *self.window)
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer's notes on Python branches concern shapes, and every window has the same shape.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from .feature_cache import FeatureCache
-from .preprocessing import WINDOW
+from .preprocessing import CLICK_WINDOW
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
 if TYPE_CHECKING:
@@ -39,11 +39,11 @@ def window_start(point: float, size: int) -> int:
 
     ``point_based_window_inferer``: clamped to the volume, else ``int(point) - 64``.
     """
-    half = WINDOW // 2
+    half = CLICK_WINDOW // 2
     if point - half < 0:
         return 0
     if point + half > size:
-        return size - WINDOW
+        return size - CLICK_WINDOW
     return int(point) - half
 
 
@@ -57,10 +57,10 @@ class PointWindowInferer:
         self.cache = cache
         self.spatial_shape = tuple(volume.shape[2:])
         # The point inferer zero-pads axes shorter than a window, half before and half after.
-        self._pad_before = [max(WINDOW - n, 0) // 2 for n in self.spatial_shape]
+        self._pad_before = [max(CLICK_WINDOW - n, 0) // 2 for n in self.spatial_shape]
         torch_pad: list[int] = []
         for before, n in reversed(list(zip(self._pad_before, self.spatial_shape))):
-            torch_pad += [before, max(WINDOW - n, 0) - before]
+            torch_pad += [before, max(CLICK_WINDOW - n, 0) - before]
         self._padded = torch.nn.functional.pad(volume, torch_pad, mode="constant", value=0.0)
 
     def previous_logits(self, inside: "torch.Tensor") -> "torch.Tensor":
@@ -107,7 +107,7 @@ class PointWindowInferer:
         for done, (start, count) in enumerate(windows.items()):
             check_cancelled(cancel)
             report(progress, done, len(windows), f"Click window {done + 1}/{len(windows)}")
-            box = tuple(slice(s, s + WINDOW) for s in start)
+            box = tuple(slice(s, s + CLICK_WINDOW) for s in start)
             previous = None if previous_logits is None else previous_logits[(slice(None), slice(None)) + box].clone()
             output = self._window_logits(start, box, coords, labels, label, class_id, previous)
             stitched[box] += count * output.float().cpu()
@@ -143,7 +143,7 @@ class PointWindowInferer:
             if window_coords is None:  # no click strictly inside this window (a click on its first voxel)
                 if class_logits is not None:
                     return class_logits[0, 0]
-                return torch.full((WINDOW,) * 3, NO_PREDICTION)
+                return torch.full((CLICK_WINDOW,) * 3, NO_PREDICTION)
             point_logits = network.point_head(features, window_coords, window_labels, class_vector=prompt_class)
             mapping_index = torch.ones(1, dtype=torch.bool, device=point_logits.device)
             if class_logits is not None:
@@ -176,7 +176,7 @@ class PointWindowInferer:
         class_logits = None if class_key is None else self.cache.get(class_key)
         need_class = class_key is not None and class_logits is None
         if features is None or need_class:
-            box = (slice(None), slice(None)) + tuple(slice(s, s + WINDOW) for s in start)
+            box = (slice(None), slice(None)) + tuple(slice(s, s + CLICK_WINDOW) for s in start)
             encoded, class_features = self.engine.network.image_encoder(
                 self._padded[box], with_point=features is None, with_label=need_class
             )

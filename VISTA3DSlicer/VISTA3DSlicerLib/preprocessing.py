@@ -1,9 +1,12 @@
 """Preprocessing of the reference pipeline and its inverse (reference doc §5.2 and §5.5).
 
 The network sees the volume resampled to 1.5 mm (bilinear), cropped to the voxels above
-0 HU with a 10-voxel margin, scaled to [0, 1] with the bundle's constants, and turned to
-RAS axis order. Results go back through the exact inverse: axes restored, the crop padded
-with background, and a nearest-neighbour resample to the input grid.
+0 with a 10-voxel margin, scaled to [0, 1] and turned to RAS axis order. Results go back
+through the exact inverse: axes restored, the crop padded with background, and a
+nearest-neighbour resample to the input grid. What differs between models (the intensity
+scaling, the windows of automatic segmentation) is a model's ``Preprocessing``: the VISTA3D
+bundle maps a fixed HU range to [0, 1]; NV-Segment-CTMR maps the 1st..99th percentiles, so
+that MR works too, and slides 192 x 192 x 128 windows.
 
 These are MONAI's own invertible transforms, in the bundle's order and with its settings,
 so the geometry is the reference's by construction; MONAI records every step on the
@@ -25,36 +28,68 @@ if TYPE_CHECKING:
     from monai.data import MetaTensor
     from monai.transforms import Compose
 
-#: Target voxel size of the network, mm.
-SPACING_MM = 1.5
-#: Side of the network's windows, voxels of SPACING_MM: automatic segmentation slides them over the
-#: volume, a click runs the one centred on it (the bundle's roi_size).
-WINDOW = 128
-#: Foreground crop: voxels above 0 HU, with this margin in voxels.
+#: Side of the click windows, voxels of the network grid: a click runs the window centred on it
+#: (the bundle's point inferer, whose roi is 128³ for every model that takes clicks).
+CLICK_WINDOW = 128
+#: Foreground crop: voxels above 0, with this margin in voxels.
 CROP_MARGIN = 10
-#: Intensity window mapped to [0, 1] (bundle ``ScaleIntensityRanged``, clipped).
-INTENSITY_MIN = -963.8247715525971
-INTENSITY_MAX = 1053.678477684517
 
 
-def preprocessing_transform() -> "Compose":
-    """The bundle's image preprocessing after loading (``inference.json``), as an invertible chain."""
-    from monai.transforms import (
-        CastToTyped,
-        Compose,
-        CropForegroundd,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
+@dataclass(frozen=True)
+class IntensityRange:
+    """``ScaleIntensityRanged``: the range ``a_min .. a_max`` (HU) mapped to [0, 1], clipped."""
+
+    a_min: float
+    a_max: float
+
+    def transform(self):
+        from monai.transforms import ScaleIntensityRanged
+
+        return ScaleIntensityRanged(keys="image", a_min=self.a_min, a_max=self.a_max, b_min=0.0, b_max=1.0, clip=True)
+
+
+@dataclass(frozen=True)
+class IntensityPercentiles:
+    """``ScaleIntensityRangePercentilesd``: the volume's ``lower``..``upper`` percentiles mapped to
+    [0, 1], clipped (for any modality: nothing assumes Hounsfield units)."""
+
+    lower: float
+    upper: float
+
+    def transform(self):
+        from monai.transforms import ScaleIntensityRangePercentilesd
+
+        return ScaleIntensityRangePercentilesd(keys="image", lower=self.lower, upper=self.upper, b_min=0.0, b_max=1.0,
+                                               clip=True)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's bundle prepares its input and slides its windows (its ``inference.json``)."""
+
+    #: Target voxel size of the network, mm.
+    spacing_mm: float = 1.5
+    #: The windows of automatic segmentation, voxels per axis (the bundle's ``patch_size``).
+    window: tuple[int, int, int] = (128, 128, 128)
+    #: Their overlap: ``SlidingWindowInfererAdapt``'s default, which the bundle runs (reference doc
+    #: §5.4 B: the configured overlap 0.3 never reaches it).
+    overlap: float = 0.25
+    intensity: "IntensityRange | IntensityPercentiles" = IntensityRange(-963.8247715525971, 1053.678477684517)
+
+
+#: The VISTA3D bundle's (and NV-Segment-CT's).
+VISTA3D_PREPROCESSING = Preprocessing()
+
+
+def preprocessing_transform(preprocessing: Preprocessing = VISTA3D_PREPROCESSING) -> "Compose":
+    """A bundle's image preprocessing after loading (``inference.json``), as an invertible chain."""
+    from monai.transforms import CastToTyped, Compose, CropForegroundd, Orientationd, Spacingd
 
     return Compose(
         [
-            Spacingd(keys="image", pixdim=[SPACING_MM] * 3, mode="bilinear"),
+            Spacingd(keys="image", pixdim=[preprocessing.spacing_mm] * 3, mode="bilinear"),
             CropForegroundd(keys="image", source_key="image", margin=CROP_MARGIN, allow_smaller=True),
-            ScaleIntensityRanged(
-                keys="image", a_min=INTENSITY_MIN, a_max=INTENSITY_MAX, b_min=0.0, b_max=1.0, clip=True
-            ),
+            preprocessing.intensity.transform(),
             Orientationd(keys="image", axcodes="RAS"),
             CastToTyped(keys="image", dtype=np.float32),
         ]
@@ -115,7 +150,8 @@ class Preprocessed:
         return torch.as_tensor(resampled[0]).to(self.tensor.device)
 
 
-def preprocess(image: Image, device: "torch.device | str" = "cpu") -> Preprocessed:
+def preprocess(image: Image, device: "torch.device | str" = "cpu",
+               preprocessing: Preprocessing = VISTA3D_PREPROCESSING) -> Preprocessed:
     """Turn an input image into the network's input on ``device`` (reference doc §5.2)."""
     import torch
     from monai.data import MetaTensor
@@ -137,7 +173,7 @@ def preprocess(image: Image, device: "torch.device | str" = "cpu") -> Preprocess
         affine=torch.as_tensor(image.affine, dtype=torch.float64),
         meta={"original_affine": image.affine.copy(), "spatial_shape": np.array(image.shape)},
     )
-    transform = preprocessing_transform()
+    transform = preprocessing_transform(preprocessing)
     result = transform({"image": tensor})["image"]
     if min(result.shape[1:]) == 0:
         raise VISTA3DError(

@@ -11,6 +11,7 @@ then divided by the same window count: every stitched value is MONAI's, bit for 
 buffer spans only the rows of windows along the first axis that are still being added to; each
 slab that no later window touches is divided, handed to ``consume`` (the argmax) and dropped.
 The buffer's depth along the first axis is then about one window (128) instead of the volume's.
+Windows may have a different size along each axis (NV-Segment-CTMR's are 192 x 192 x 128).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-#: ``forward(windows [B, C_in, w, w, w]) -> [B, C, w, w, w]``.
+#: ``forward(windows [B, C_in, wx, wy, wz]) -> [B, C, wx, wy, wz]``.
 WindowForward = Callable[["torch.Tensor"], "torch.Tensor"]
 #: ``consume(slab [C, x, Y, Z], x0)``: stitched values of the input's first-axis positions ``x0 .. x0 + x``;
 #: the slab is a view of the buffer, valid only during the call.
@@ -36,46 +37,45 @@ class WindowGrid:
     """Where MONAI's sliding window puts its windows over an image of ``shape`` (its spatial axes)."""
 
     shape: tuple[int, ...]
-    window: int
+    window: tuple[int, ...]  #: the window's size along each axis (MONAI's ``roi_size``)
     overlap: float
 
     @property
     def padding(self) -> tuple[tuple[int, int], ...]:
         """(before, after) per axis: MONAI pads an axis shorter than a window evenly to one window."""
-        return tuple(((self.window - n) // 2, self.window - n - (self.window - n) // 2) if n < self.window else (0, 0)
-                     for n in self.shape)
+        return tuple(((w - n) // 2, w - n - (w - n) // 2) if n < w else (0, 0) for n, w in zip(self.shape, self.window))
 
     @property
     def padded_shape(self) -> tuple[int, ...]:
-        return tuple(max(n, self.window) for n in self.shape)
+        return tuple(max(n, w) for n, w in zip(self.shape, self.window))
 
     def interval(self, axis: int) -> int:
         """MONAI's scan interval (``_get_scan_interval``): a window-sized axis is one step."""
-        if self.padded_shape[axis] == self.window:
-            return self.window
-        return max(int(self.window * (1 - self.overlap)), 1)
+        if self.padded_shape[axis] == self.window[axis]:
+            return self.window[axis]
+        return max(int(self.window[axis] * (1 - self.overlap)), 1)
 
     def count(self, axis: int) -> int:
         """How many windows MONAI puts along ``axis`` (the last one moved back to end at the border)."""
-        return math.ceil(max(self.padded_shape[axis] - self.window, 0) / self.interval(axis)) + 1
+        return math.ceil(max(self.padded_shape[axis] - self.window[axis], 0) / self.interval(axis)) + 1
 
     def windows(self) -> list[tuple[slice, ...]]:
         """The windows in the padded image, in the order MONAI runs them (first axis slowest)."""
         from monai.data.utils import dense_patch_slices
 
         size = self.padded_shape
-        return list(dense_patch_slices(size, (self.window,) * len(size), [self.interval(a) for a in range(len(size))]))
+        return list(dense_patch_slices(size, self.window, [self.interval(a) for a in range(len(size))]))
 
     def starts(self, axis: int) -> list[int]:
         """The windows' starts along ``axis``: a step apart, the last one moved back to end at the border."""
-        last = self.padded_shape[axis] - self.window
+        last = self.padded_shape[axis] - self.window[axis]
         return [min(i * self.interval(axis), last) for i in range(self.count(axis))]
 
     def coverage(self, axis: int) -> np.ndarray:
         """How many windows cover each position of the padded image along ``axis``."""
         counts = np.zeros(self.padded_shape[axis], dtype=np.int64)
         for start in self.starts(axis):
-            counts[start : start + self.window] += 1
+            counts[start : start + self.window[axis]] += 1
         return counts
 
     def buffer_depth(self, batch: int) -> int:
@@ -87,7 +87,7 @@ class WindowGrid:
         """
         per_row = math.prod(self.count(axis) for axis in range(1, len(self.shape)))
         rows_reached = min(math.ceil((batch - 1) / per_row), self.count(0) - 1)
-        return min(self.window + rows_reached * self.interval(0), self.padded_shape[0])
+        return min(self.window[0] + rows_reached * self.interval(0), self.padded_shape[0])
 
 
 def _first_starts_after(groups: Sequence[Sequence[tuple[slice, ...]]]) -> list[float]:
@@ -105,7 +105,7 @@ def stitch_in_slabs(
     forward: WindowForward,
     consume: SlabConsumer,
     *,
-    window: int,
+    window: tuple[int, ...],
     overlap: float,
     batch: int = 1,
     device: "torch.device | None" = None,
