@@ -27,6 +27,7 @@ class WeightsSection:
 
     def __init__(self, panel) -> None:
         self.panel = panel
+        self._shownModel = None
         ui = panel.ui
         for model in WEIGHTS_MODELS:
             ui.weightsModelComboBox.addItem(model.title)
@@ -38,7 +39,12 @@ class WeightsSection:
         self.updateStatus()
 
     def showModel(self, model: str) -> None:
-        """The model chosen to run: what it is, its licence, and its row in the weights combo box."""
+        """The model chosen to run: what it is, its licence, and its row in the weights combo box.
+        Only a change of model moves the row: the parameter node changes at each keystroke, and
+        the user may be looking at another row (SAM's weights, say)."""
+        if model == self._shownModel:
+            return
+        self._shownModel = model
         described = get_model(model)
         self.panel.ui.modelInfoLabel.text = _("{prompts}. Licence: {licence} ({url}). Commercial use: {commercial}.").format(
             prompts=", ".join(described.prompts).capitalize(), licence=described.licence.name,
