@@ -435,7 +435,7 @@ def _labels(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     for model in MODELS.values():
         source = model.default_source
-        size = f"{source.size / 1e6:,.0f} MB" if source.size else "size given by the hub"
+        size = source.size_text or "size given by the hub"
         default = "  (default)" if model.key == DEFAULT_MODEL else ""
         print(f"{model.key}{default}: {model.title}\n"
               f"  {model.summary}\n"
@@ -456,10 +456,10 @@ def _weights(args: argparse.Namespace) -> int:
         return 0
     if args.action == "verify":
         path = Path(args.weights) if args.weights else weights.resolve(args.model)
-        if weights.verify(path, source):
+        problem = weights.mismatch(path, source)  # one full hash of the file, not two
+        if problem is None:
             print(f"{path}: checksum OK ({source.name})")
             return 0
-        problem = weights.mismatch(path, source)
         print(f"{path}: checksum does NOT match the {source.name} release: it {problem}. Download it again "
               f"(`{source.download_command}`).", file=sys.stderr)
         return 1

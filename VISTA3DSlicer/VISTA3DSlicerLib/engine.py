@@ -222,13 +222,13 @@ class Engine:
         from .model import check_runtime, load_network, resolve_device
         from .weights import resolve
 
-        get_model(model)  # an unknown model is refused before anything loads
+        described = get_model(model)  # an unknown model is refused before anything loads
         resolved = resolve_device(device)
         check_runtime(runtime, resolved)  # before minutes of loading
         path = resolve(model, weights)
         logger.info("Loading the %s weights from %s onto %s", model, path, resolved)
         return cls(load_network(path, resolved), resolved, precision, runtime=runtime,
-                   preprocessing=get_model(model).preprocessing)
+                   preprocessing=described.preprocessing)
 
     def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:
         """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the

@@ -54,6 +54,11 @@ class WeightsSource:
     def host(self) -> str:
         return urlparse(self.url).hostname or self.url
 
+    @property
+    def size_text(self) -> Optional[str]:
+        """The file's size for messages ("872 MB"), or None where the publisher gives none."""
+        return f"{self.size / 1e6:,.0f} MB" if self.size else None
+
     def with_checksum(self, sha256: str, size: Optional[int]) -> "WeightsSource":
         """This source with a SHA-256 (and size) learnt from the hub."""
         return replace(self, sha256=sha256, size=size if size is not None else self.size)

@@ -335,7 +335,7 @@ def weights_status(model: WeightsModel, explicit: Optional[str | Path] = None) -
     try:
         path = weights.resolve(model.model, explicit)
     except weights.WeightsNotFoundError:
-        size = f" ({source.size / 1e6:,.0f} MB)" if source.size else ""
+        size = f" ({source.size_text})" if source.size else ""
         return WeightsStatus(False, None, False,
                              f"Not downloaded yet{size}. Download them from {source.host}, or use a file you have.")
     except VISTA3DError as error:  # a chosen file that is gone, say
@@ -370,7 +370,7 @@ def locate_checkpoint(model: str, explicit: Union[str, Path, None], allow_downlo
     except weights.WeightsNotFoundError:
         source = weights.source_for(model)
         if not allow_download:
-            size = f"{source.size / 1e6:,.0f} MB" if source.size else "about 0.4 to 2.6 GB"
+            size = source.size_text or "about 0.4 to 2.6 GB"
             raise VISTA3DError(
                 f"The {source.title} are not on this computer. Download them (Model > Download), choose a "
                 "checkpoint you have (Model > Use a file...), or, from Python, pass allowDownload=True "

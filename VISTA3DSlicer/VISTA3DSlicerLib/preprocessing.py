@@ -26,7 +26,7 @@ from .geometry import Image
 if TYPE_CHECKING:
     import torch
     from monai.data import MetaTensor
-    from monai.transforms import Compose
+    from monai.transforms import Compose, MapTransform
 
 #: Side of the click windows, voxels of the network grid: a click runs the window centred on it
 #: (the bundle's point inferer, whose roi is 128³ for every model that takes clicks).
@@ -42,7 +42,7 @@ class IntensityRange:
     a_min: float
     a_max: float
 
-    def transform(self):
+    def transform(self) -> "MapTransform":
         from monai.transforms import ScaleIntensityRanged
 
         return ScaleIntensityRanged(keys="image", a_min=self.a_min, a_max=self.a_max, b_min=0.0, b_max=1.0, clip=True)
@@ -56,7 +56,7 @@ class IntensityPercentiles:
     lower: float
     upper: float
 
-    def transform(self):
+    def transform(self) -> "MapTransform":
         from monai.transforms import ScaleIntensityRangePercentilesd
 
         return ScaleIntensityRangePercentilesd(keys="image", lower=self.lower, upper=self.upper, b_min=0.0, b_max=1.0,

@@ -102,14 +102,10 @@ def cached_path(source: Optional[WeightsSource] = None) -> Path:
     return cache_dir() / _source(source).filename
 
 
-def _models() -> tuple[str, ...]:
-    return tuple(SEGMENTATION_MODELS) + tuple(f"sam_{kind}" for kind in SAM_SOURCES)
-
-
 #: Every checkpoint by the name the command line (``--model``), the panel and the Slicer Logic use
 #: for it: each segmentation model's (``models.MODELS``) and each SAM backbone's (the zero-shot
 #: supervoxels).
-MODELS: tuple[str, ...] = _models()
+MODELS: tuple[str, ...] = tuple(SEGMENTATION_MODELS) + tuple(f"sam_{kind}" for kind in SAM_SOURCES)
 
 
 def source_for(model: str = DEFAULT_MODEL, source: Optional[str] = None) -> WeightsSource:
@@ -152,7 +148,7 @@ def _sam_kind(model: str) -> str:
     """"sam_vit_b" -> "vit_b", refusing a model that is not one of ``MODELS``."""
     kind = model.removeprefix("sam_")
     if model == kind or kind not in SAM_SOURCES:
-        raise VISTA3DError(f"Unknown model {model!r}: use one of {', '.join(_models())}.")
+        raise VISTA3DError(f"Unknown model {model!r}: use one of {', '.join(MODELS)}.")
     return kind
 
 
@@ -209,7 +205,13 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 
 def verify(path: Path, source: WeightsSource) -> bool:
-    """Fully check ``path`` against ``source`` (size, then checksum); stamp it if it is good.
+    """``mismatch(path, source) is None``: whether ``path`` is ``source``'s file (stamped if it is)."""
+    return mismatch(path, source) is None
+
+
+def mismatch(path: Path, source: WeightsSource) -> Optional[str]:
+    """Fully check ``path`` against ``source`` (size, then checksum) and stamp it if it is good.
+    Returns why it is not ``source``'s file ("has the wrong sha256 checksum"...), or None.
 
     Raises ``VISTA3DError`` if there is no such file or it cannot be read: "wrong checksum" would
     send the user to download a file that may be fine.
@@ -221,20 +223,15 @@ def verify(path: Path, source: WeightsSource) -> bool:
             f"`{source.download_command}` to fetch the weights."
         )
     source = _with_stamped_checksum(path, source)
-    ok = _mismatch(path, source) is None
-    if ok:
+    problem = _mismatch(path, source)
+    if problem is None:
         _write_stamp(path, source)
     else:
         try:
             _stamp_path(path).unlink(missing_ok=True)
         except OSError:
             pass  # a read-only folder: the stamp stays, trusted only while the file keeps its size and time
-    return ok
-
-
-def mismatch(path: Path, source: WeightsSource) -> Optional[str]:
-    """Why ``path`` is not ``source``'s file ("has the wrong sha256 checksum"...), or None when it is."""
-    return _mismatch(path, _with_stamped_checksum(path, source))
+    return problem
 
 
 def download(

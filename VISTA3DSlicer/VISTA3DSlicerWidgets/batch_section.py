@@ -14,6 +14,8 @@ from .weights_section import chosenWeights
 
 
 class BatchSection:
+    """The volumes of the scene to segment one after another, the output folder, and the run."""
+
     def __init__(self, panel, labelTree) -> None:
         self.panel = panel
         self.labelTree = labelTree  # what to segment: the same ticks as a single run

@@ -39,7 +39,7 @@ def confirmDownload(source) -> bool:
     host, folder and licence are shown."""
     from VISTA3DSlicerLib.weights import cache_dir
 
-    size = f"{source.size / 1e6:,.0f} MB" if source.size else _("about 0.4 to 2.6 GB")
+    size = source.size_text or _("about 0.4 to 2.6 GB")
     return slicer.util.confirmOkCancelDisplay(
         _("The {title} are not on this computer yet. Download them ({size}) from {host} into {folder}?\n\n{licence}")
         .format(title=source.title, size=size, host=source.host, folder=cache_dir(), licence=source.licence_note))

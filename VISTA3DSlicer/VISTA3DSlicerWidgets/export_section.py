@@ -15,6 +15,8 @@ EXPORT_FORMATS = (".nii.gz", ".nrrd", ".seg.nrrd")
 
 
 class ExportSection:
+    """The segmentation to export, the file, and Slicer's DICOM export."""
+
     def __init__(self, panel) -> None:
         self.panel = panel
         panel.ui.exportButton.connect("clicked(bool)", self.onExport)

@@ -10,6 +10,9 @@ from .weights_section import chosenWeights
 
 
 class ZeroShotSection:
+    """A new segment for a structure outside the classes (the points section then corrects it),
+    supervoxels, and the snap fraction that reshows the target segment."""
+
     def __init__(self, panel, points) -> None:
         self.panel = panel
         self.points = points  # the PointsSection: its target segment, its applied/refused reports
