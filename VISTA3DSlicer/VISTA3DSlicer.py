@@ -42,7 +42,7 @@ from VISTA3DSlicerLib.dependencies import require as requireDependencies
 from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.model import DEVICES, PRECISIONS, RUNTIMES
 from VISTA3DSlicerLib.models import DEFAULT_MODEL, MODELS
-from VISTA3DSlicerLib.ct_check import ct_warning
+from VISTA3DSlicerLib.ct_check import MODALITY_TITLES, choose_modality
 from VISTA3DSlicerLib.panel import (
     ClickEditor, ClickSession, EngineCache, EngineSettings, PointPrompt, click_session_for, locate_checkpoint,
     missing_weights, segments_replaced,
@@ -120,7 +120,9 @@ class VISTA3DSlicerParameterNode:
     runtime - what runs automatic segmentation: "torch" (the reference) or "openvino" (faster on a CPU).
     supervoxelsWholeVolume - compute supervoxels over the whole volume, not around the points.
     snapFraction - snap zero-shot segments to supervoxels covered above this fraction (0: off).
-    model - which model runs (``models.MODELS``): the VISTA3D bundle or NV-Segment-CT.
+    model - which model runs (``models.MODELS``): the VISTA3D bundle, NV-Segment-CT or NV-Segment-CTMR.
+    modality - what the volume is, for a CT and MR model: "auto" (CT if it looks like one, else body MR),
+      "ct", "mri-body" or "mri-brain"; it decides that model's "everything".
     exportFormat - the labelmap file type of Export.
     """
 
@@ -133,6 +135,7 @@ class VISTA3DSlicerParameterNode:
     supervoxelsWholeVolume: bool = False
     snapFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     model: Annotated[str, Choice(list(MODELS))] = DEFAULT_MODEL
+    modality: Annotated[str, Choice(["auto", *MODALITY_TITLES])] = "auto"
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = ".seg.nrrd"
 
 
@@ -153,6 +156,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.runningJob: Optional[Job] = None
         self._ctCheckedKey = None
+        self._modality: Optional[str] = None  # what the input volume is segmented as (inferred or chosen)
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -224,18 +228,32 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         parameters = self.parameters
         volumeNode = parameters.inputVolume if parameters else None
+        self.logic.model = parameters.model if parameters else DEFAULT_MODEL
+        self.logic.modality = None if not parameters or parameters.modality == "auto" else parameters.modality
+        self._updateCtWarning(volumeNode)
+        self._showModel()
         if parameters:
             self.labelTree.showPrompt(parameters.labels)
-        self._updateCtWarning(volumeNode)
         segmentationNode = parameters.outputSegmentation if parameters else None
         self.ui.targetSegmentSelector.setCurrentNode(segmentationNode)
         if segmentationNode and not self.ui.exportSegmentationSelector.currentNode():
             self.ui.exportSegmentationSelector.setCurrentNode(segmentationNode)
         self.ui.exportDicomButton.enabled = bool(volumeNode and volumeNode.GetAttribute("DICOM.instanceUIDs"))
         self.logic.snapFraction = parameters.snapFraction if parameters else 0.0
-        self.logic.model = parameters.model if parameters else DEFAULT_MODEL
-        self.weights.showModel(self.logic.model)
         self.updateButtons()
+
+    def _showModel(self) -> None:
+        """What the chosen model offers: its weights and licence, its classes in the tree (its
+        "everything" for the modality), the modality choice, and clicks only where it takes them."""
+        model = MODELS[self.logic.model]
+        self.weights.showModel(model.key)
+        self.labelTree.showLabels(model.labels, self.logic.modality or self._modality)
+        self.ui.modalityComboBox.enabled = len(model.labels.modalities) > 1
+        reason = "" if model.takes_clicks else _("{model} segments automatically only: choose vista3d or "
+                                                 "nv-segment-ct in Model for clicks.").format(model=model.title)
+        for section in (self.ui.interactiveCollapsibleButton, self.ui.zeroShotCollapsibleButton):
+            section.enabled = model.takes_clicks
+            section.toolTip = reason
 
     def _onLabelsTicked(self, prompt: str) -> None:
         self.updateButtons()
@@ -290,15 +308,21 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- input checks -------------------------------------------------------------------------
 
     def _updateCtWarning(self, volumeNode) -> None:
+        """The modality the volume is segmented as (``ct_check.choose_modality``) and what to say about it."""
         imageData = volumeNode.GetImageData() if volumeNode is not None else None
-        key = (volumeNode.GetID(), imageData.GetMTime()) if imageData is not None else None
+        key = ((volumeNode.GetID(), imageData.GetMTime(), self.logic.model, self.logic.modality)
+               if imageData is not None else None)
         if key == self._ctCheckedKey:
-            return  # the parameter node changes at each keystroke: read the voxels once per volume
+            return  # the parameter node changes at each keystroke: read the voxels once per volume and choice
         self._ctCheckedKey = key
-        warning = None
+        warning, self._modality = None, None
         if imageData is not None:
             try:
-                warning = ct_warning(slicer_adapter.image_from_volume_node(volumeNode))
+                choice = choose_modality(
+                    MODELS[self.logic.model], slicer_adapter.image_from_volume_node(volumeNode), self.logic.modality)
+                # A CT shown as CT needs no word; a non-CT, a guessed MR or brain MR's needs do.
+                self._modality = choice.modality
+                warning = choice.message if choice.warning or choice.modality != "ct" else None
             except VISTA3DError as error:
                 warning = str(error)
         self.ui.ctWarningLabel.text = warning or ""
@@ -377,6 +401,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         super().__init__(parent)
         self.snapFraction = 0.0
         self.model = DEFAULT_MODEL  # which of models.MODELS runs (the panel sets it from its parameter node)
+        self.modality: Optional[str] = None  # a CT and MR model's "ct", "mri-body" or "mri-brain"; None: inferred
         self._engines = EngineCache()  # used on the worker thread
         self._clickSession: Optional[ClickSession] = None  # read and replaced on the main thread only
         self._supervoxelNode = None
@@ -439,26 +464,33 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         if volumeNode is None:
             raise VISTA3DError(_("No input volume is selected. Load a CT volume and select it as the input."))
         requireDependencies(runtime)
-        labelIds = labels.automatic_prompt(labelPrompt)
+        self.automaticPrompt(labelPrompt)  # a bad prompt is refused before the voxels are read
+        image = slicer_adapter.image_from_volume_node(volumeNode)
+        labelIds = self.automaticPrompt(labelPrompt, image)
         replaced = self.segmentsToReplace(segmentationNode, labelIds) if segmentationNode is not None else []
         if replaced and not replaceExisting:
             raise VISTA3DError(_("Nothing was changed: {names} would have been replaced. Choose another output "
                                  "segmentation, or agree to replace them (replaceExisting=True).").format(
                                      names=namesInShort(replaced)))
-        image = slicer_adapter.image_from_volume_node(volumeNode)
-        job = self._labelmapJob(labelIds, weights, device, precision, runtime, allowDownload)
-        return self._run(lambda report, cancel: job(image, report, cancel), name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
+        job = self._labelmapJob(weights, device, precision, runtime, allowDownload)
+        return self._run(lambda report, cancel: job(image, labelIds, report, cancel), name=f"Segmenting {volumeNode.GetName()}", waitForCompletion=waitForCompletion,
                          progress=progress, onDone=onDone, onError=onError, cancel=cancel,
                          apply=lambda labelmap: self._showLabelmap(labelmap, volumeNode, segmentationNode))
 
-    def _labelmapJob(self, labelIds: list[int], weights, device: str, precision: str, runtime: str,
-                     allowDownload: bool) -> Callable:
-        """The worker's part of segmenting: ``job(image, progress, cancel)`` gives the labelmap of ``image``.
-        A checkpoint it may download is downloaded by its first call."""
+    def automaticPrompt(self, labelPrompt, image=None) -> list[int]:
+        """The chosen model's class IDs for ``labelPrompt``; "everything" is that of the modality
+        chosen, else of the one ``image`` looks like (``ct_check.choose_modality``)."""
+        model = MODELS[self.model]
+        modality = self.modality if image is None else choose_modality(model, image, self.modality).modality
+        return model.labels.automatic_prompt(labelPrompt, modality)
+
+    def _labelmapJob(self, weights, device: str, precision: str, runtime: str, allowDownload: bool) -> Callable:
+        """The worker's part of segmenting: ``job(image, labelIds, progress, cancel)`` gives the labelmap
+        of ``image``. A checkpoint it may download is downloaded by its first call."""
         settingsOf = self._engineSettings(weights, device, precision, runtime, allowDownload)[1]
         settings = []
 
-        def job(image, report, cancel):
+        def job(image, labelIds, report, cancel):
             if not settings:
                 settings.append(settingsOf(report, cancel))
             return self._engines.get(settings[0]).segment(image, labelIds, progress=report, cancel=cancel)
@@ -468,7 +500,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _showLabelmap(self, labelmap, volumeNode, segmentationNode=None) -> vtkMRMLSegmentationNode:
         """Segments of ``labelmap`` into ``segmentationNode`` (None: a new one beside ``volumeNode``)."""
         target = segmentationNode or self.newSegmentationNode(volumeNode)
-        if not slicer_adapter.labelmap_to_segmentation(labelmap, target, volumeNode):
+        if not slicer_adapter.labelmap_to_segmentation(labelmap, target, volumeNode, MODELS[self.model].labels):
             logging.warning("VISTA3D found none of the requested structures in %s", volumeNode.GetName())
         self.forgetEdits()  # the segments changed under the click editor
         return target
@@ -477,7 +509,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                           labelPrompt: Union[list[Union[str, int]], str, None]) -> list[str]:
         """Names of the segments of ``segmentationNode`` that a result for ``labelPrompt`` replaces
         (those VISTA3D made for one of its classes; never segments the user drew)."""
-        return segments_replaced(slicer_adapter.segment_labels(segmentationNode), labels.automatic_prompt(labelPrompt))
+        return segments_replaced(slicer_adapter.segment_labels(segmentationNode), self.automaticPrompt(labelPrompt))
 
     def segmentVolumes(self, volumeNodes: list, labelPrompt, outputFolder: Union[str, Path, None] = None, *,
                        outputFormat: str = "seg.nrrd", overwrite: bool = False, device: str = "auto",
@@ -493,19 +525,20 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         from VISTA3DSlicerLib.batch import segment_cases, volume_cases
 
         requireDependencies(runtime)
-        labelIds = labels.automatic_prompt(labelPrompt)
+        self.automaticPrompt(labelPrompt)  # a bad prompt is refused before any volume is read
         cases = volume_cases([node.GetName() for node in volumeNodes],
                              [lambda node=node: slicer_adapter.image_from_volume_node(node) for node in volumeNodes])
         volumeOf = {case.name: node for case, node in zip(cases, volumeNodes)}
-        job = self._labelmapJob(labelIds, weights, device, precision, runtime, allowDownload)
+        job = self._labelmapJob(weights, device, precision, runtime, allowDownload)
 
         def segment(case, image, report, token):
-            return self._run(lambda r, c: job(image, r, c), name=f"Segmenting {case.source}", progress=report,
-                             cancel=token)
+            labelIds = self.automaticPrompt(labelPrompt, image)  # each volume's own modality
+            return self._run(lambda r, c: job(image, labelIds, r, c), name=f"Segmenting {case.source}",
+                             progress=report, cancel=token)
 
         return segment_cases(
             cases, segment, out_dir=Path(outputFolder) if outputFolder else None, output_format=outputFormat,
-            overwrite=overwrite, progress=progress, cancel=cancel,
+            overwrite=overwrite, progress=progress, cancel=cancel, label_space=MODELS[self.model].labels,
             on_labelmap=lambda case, labelmap: self._showLabelmap(labelmap, volumeOf[case.name]))
 
     def newSegmentationNode(self, volumeNode) -> vtkMRMLSegmentationNode:
@@ -584,7 +617,9 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _clickSessionFor(self, volumeNode, settings: Optional[EngineSettings],
                          settingsOf) -> Callable[[ProgressCallback, CancelToken], ClickSession]:
         """A function (for the worker) giving the click session of ``volumeNode`` for the engine
-        settings (``panel.click_session_for``); a session that does not match is dropped now."""
+        settings (``panel.click_session_for``); a session that does not match is dropped now. An
+        automatic-only model is refused here, before anything runs."""
+        MODELS[self.model].check_clicks()
         imageData = volumeNode.GetImageData()
         volume = (volumeNode.GetID(), imageData.GetMTime() if imageData else 0)
         self._clickSession, sessionOf = click_session_for(
@@ -631,6 +666,7 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
 
     def newZeroShotSegment(self, segmentationNode, volumeNode, name: str = "") -> str:
         """A new, empty segment for a structure outside the 127 classes, with its own zero-shot ID."""
+        MODELS[self.model].check_clicks()
         label = labels.next_zero_shot_id(
             used for _name, used in slicer_adapter.segment_labels(segmentationNode) if used is not None)
         return slicer_adapter.add_segment(segmentationNode, name.strip() or labels.label_info(label).display_name,

@@ -91,9 +91,14 @@ def test_models_lists_each_model_with_what_it_does_and_its_licence(capsys):
     for block, model in zip(blocks, MODELS.values()):
         assert block.startswith(model.key)
         for text in (model.licence.name, model.licence.url, model.licence.commercial_use, f"${model.environment}",
-                     f"classes: {model.classes}", "prompts: automatic, points, zero-shot"):
+                     f"classes: {model.classes}", f"prompts: {', '.join(model.prompts)}"):
             assert text in block
     assert "commercial use: no" in blocks[0]  # the MONAI bundle's weights
+    ctmr = blocks[list(MODELS).index("nv-segment-ctmr")]
+    for text in ("classes: 345", "modalities: CT, MR", "prompts: automatic\n",
+                 "everything: 117 classes for ct; 50 classes for mri-body; 132 classes for mri-brain",
+                 "windows: 192x192x128", "percentiles 1 to 99", "skull-stripped"):
+        assert text in ctmr
 
 
 def test_nv_segment_ct_is_the_same_pipeline_with_its_own_weights(capsys, tmp_path, example_ct_crop, small_checkpoint,
@@ -176,6 +181,31 @@ def test_segment_with_real_vista3d132_matches_the_bundle(capsys, tmp_path, examp
 
 
 # ------------------------------------------------------------------------------------------- clicks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("volume, modality", [("example_ct", "ct"), ("example_mr", "mri-body")])
+def test_ctmr_with_the_full_size_network_matches_its_bundle(request, capsys, tmp_path, real_checkpoint, volume,
+                                                            modality):
+    """NV-Segment-CTMR's acceptance run: the full-size network, its everything of the modality on the
+    whole example CT and MR, the CLI against that bundle's wiring (192x192x128 windows, percentiles)."""
+    from reference_pipeline import run_reference
+
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+    from VISTA3DSlicerLib.model import load_network
+
+    path, output = request.getfixturevalue(volume), tmp_path / "labels.nii.gz"
+    code, _, err = run(capsys, "segment", path, "-o", output, "--model", "nv-segment-ctmr", "--modality", modality,
+                       "--weights", real_checkpoint, "--device", "cpu")
+    assert code == 0, err
+    ours = np.asanyarray(nib.load(output).dataobj)
+    everything = list(CTMR_LABELS.everything_for(modality))
+    reference = run_reference(path, load_network(real_checkpoint), everything, config="nv-segment-ctmr")
+    agreement = float((ours == reference).mean())
+    print(f"NV-Segment-CTMR {modality}: agreement with the bundle {agreement:.6f}, "
+          f"{len(np.unique(ours)) - 1} labels present")
+    assert agreement >= 0.999
+    assert len(np.unique(ours)) > 2
 
 
 def click_session_mask(checkpoint, image_path, label, clicks, auto: bool):
@@ -477,3 +507,95 @@ def test_a_terminal_that_only_takes_ascii_gets_the_path_escaped_not_a_crash(tmp_
     assert result.returncode == 0, stderr
     printed = result.stdout.decode("ascii").strip()
     assert printed.startswith(str(tmp_path / "M")) and printed.endswith("model.pt") and "\\" in printed
+
+
+# ------------------------------------------------------------------------------ NV-Segment-CTMR
+
+
+def test_ctmr_segments_an_mr_with_its_own_table_on_the_input_grid(capsys, tmp_path, example_mr, small_checkpoint):
+    """The issue's command: body MR with NV-Segment-CTMR into a .seg.nrrd whose segments' names,
+    colours and terminology are the CTMR table's (read back with slicerio), on the MR's grid."""
+    import slicerio
+
+    from VISTA3DSlicerLib.io import read_image
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+
+    output = tmp_path / "out.seg.nrrd"
+    code, _, err = run(capsys, "segment", example_mr, "--model", "nv-segment-ctmr", "--modality", "mri-body",
+                       "-o", output, "--weights", small_checkpoint, "--device", "cpu")
+    assert code == 0, err
+    assert "does not look like a CT" not in err  # MR is what this model takes
+    segmentation = slicerio.read_segmentation(str(output))
+    segments = segmentation["segments"]
+    assert segments and {s["labelValue"] for s in segments} <= set(CTMR_LABELS.everything_for("mri-body"))
+    for segment in segments:
+        info = CTMR_LABELS.label_info(segment["labelValue"])
+        assert segment["name"] == info.display_name
+        np.testing.assert_allclose(segment["color"], np.array(info.color) / 255, atol=1e-3)
+        assert tuple(segment["terminology"]["type"]) == (info.type.scheme, info.type.value, info.type.meaning)
+        assert segment["terminology"]["contextName"] == CTMR_LABELS.terminology_contexts[0]
+    source = read_image(example_mr)
+    assert segmentation["voxels"].shape == source.shape
+    np.testing.assert_allclose(segmentation["ijkToLPS"], np.diag([-1, -1, 1, 1]) @ source.affine, atol=1e-4)
+
+
+def test_ctmr_infers_mr_says_so_and_writes_labels_past_255(capsys, tmp_path, example_mr, small_checkpoint):
+    output = tmp_path / "brain.nii.gz"
+    code, _, err = run(capsys, "segment", example_mr, "--model", "nv-segment-ctmr", "-o", output,
+                       "--labels", "liver, left hippocampus, 300", "--weights", small_checkpoint)
+    assert code == 0, err
+    assert "segmenting it as MR of the body (choose the modality mri-brain for a brain T1" in err
+    result = sitk.ReadImage(str(output))
+    assert result.GetPixelID() == sitk.sitkUInt16
+    assert set(np.unique(sitk.GetArrayViewFromImage(result))) <= {0, 1, 230, 300}
+    code, _, err = run(capsys, "segment", example_mr, "--model", "nv-segment-ctmr", "--modality", "mri-brain",
+                       "-o", tmp_path / "b.nii.gz", "--labels", "1", "--weights", small_checkpoint)
+    assert code == 0 and "skull-stripped" in err  # what the brain model expects, said where it is chosen
+
+
+def test_a_ct_model_refuses_an_mr_modality_and_names_the_model_that_takes_it(capsys, tmp_path, example_mr):
+    code, _, err = run(capsys, "segment", example_mr, "--modality", "mri-body", "-o", tmp_path / "x.nii.gz",
+                       "--labels", "liver")
+    assert code == 1 and "VISTA3D (MONAI bundle) segments CT only" in err and "--model nv-segment-ctmr" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["segment", "--label", "liver", "--point", "10,10,10"],
+    ["zeroshot", "--point", "10,10,10"],
+])
+def test_clicks_on_ctmr_are_refused_before_anything_loads(capsys, tmp_path, example_mr, command):
+    code, _, err = run(capsys, command[0], example_mr, "-o", tmp_path / "x.nii.gz", "--model", "nv-segment-ctmr",
+                       *command[1:])
+    assert code == 1 and "NV-Segment-CTMR segments automatically only" in err and "Traceback" not in err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_labels_lists_a_model_s_table(capsys):
+    code, out, _ = run(capsys, "labels", "--model", "nv-segment-ctmr")
+    rows = out.splitlines()[1:]
+    assert code == 0 and len(rows) == 345
+    assert "Left-Hippocampus" in rows[229] and "everything (mri-brain)" in rows[229]
+    assert "everything (ct, mri-body)" in rows[0]  # liver
+    assert "zero-shot" not in out
+
+
+def test_a_ctmr_batch_segments_each_case_as_its_own_modality(capsys, tmp_path, example_ct_crop, example_mr,
+                                                              small_checkpoint):
+    """A cohort mixing CT and MR: each case's "everything" is its modality's, said per case."""
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    nib.save(nib.load(example_ct_crop), cases / "ct.nii.gz")
+    nib.save(nib.load(example_mr), cases / "mr.nii.gz")
+    code, _, err = run(capsys, "batch", cases, "-o", tmp_path / "out", "--model", "nv-segment-ctmr",
+                       "--weights", small_checkpoint, "--format", "seg.nrrd")
+    assert code == 0, err
+    assert "note: ct: The volume looks like a CT: segmenting it as CT" in err
+    assert "note: mr: The volume does not look like a CT in Hounsfield units: segmenting it as MR of the body" in err
+    import slicerio
+
+    for case, modality in (("ct", "ct"), ("mr", "mri-body")):
+        segments = slicerio.read_segmentation(str(tmp_path / "out" / f"{case}.seg.nrrd"))["segments"]
+        assert segments and {s["labelValue"] for s in segments} <= set(CTMR_LABELS.everything_for(modality))
+        assert all(s["name"] == CTMR_LABELS.label_info(s["labelValue"]).display_name for s in segments)

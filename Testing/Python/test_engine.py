@@ -13,7 +13,8 @@ from VISTA3DSlicerLib.errors import Cancelled, VISTA3DError
 from VISTA3DSlicerLib.geometry import Image
 from VISTA3DSlicerLib.io import read_image
 from VISTA3DSlicerLib.model import build_network
-from VISTA3DSlicerLib.preprocessing import IntensityPercentiles, Preprocessing, preprocess
+from VISTA3DSlicerLib.models import NV_SEGMENT_CTMR
+from VISTA3DSlicerLib.preprocessing import IntensityPercentiles, preprocess
 from VISTA3DSlicerLib.progress import CancelToken
 
 #: The issue's acceptance threshold. Random weights leave near-ties, so fp32 runs that differ
@@ -47,27 +48,27 @@ def test_matches_reference_on_example_ct(example_ct_crop, small_network, labels)
 
 #: NV-Segment-CTMR's preprocessing (its configs/inference.json): 192 x 192 x 128 windows, and the
 #: 1st..99th percentiles scaled to [0, 1] instead of a HU range.
-CTMR_PREPROCESSING = Preprocessing(window=(192, 192, 128), intensity=IntensityPercentiles(1, 99))
-
-
 @pytest.mark.parametrize("volume", ["example_ct", "example_mr"])
 def test_box_windows_and_percentile_scaling_match_the_ctmr_bundle(request, tmp_path, small_network, volume):
-    """The engine run with NV-Segment-CTMR's preprocessing against that bundle's wiring, on a crop of
-    the example CT and on the example MR (2 x 1 x 1 windows each at 1.5 mm): nothing assumes 128³
-    windows or Hounsfield units."""
+    """The engine run as NV-Segment-CTMR against that bundle's wiring, on a crop of the example CT
+    and on the example MR (2 x 1 x 1 windows each at 1.5 mm), with classes past 255: nothing assumes
+    128³ windows, Hounsfield units or labels that fit a byte."""
     path = request.getfixturevalue(volume)
     if volume == "example_ct":  # 100 x 60 x 30 voxels of 3 mm: two windows along the first axis
         crop = nib.load(path).slicer[10:110, 20:80, :]
         path = save_nifti(np.asanyarray(crop.dataobj).astype(np.int16), crop.affine, tmp_path / "ct.nii.gz")
-    engine = Engine(small_network, preprocessing=CTMR_PREPROCESSING)
-    assert count_windows(preprocess(read_image(path), preprocessing=CTMR_PREPROCESSING).spatial_shape,
-                         CTMR_PREPROCESSING) == 2
-    ours = engine.segment(read_image(path), [1, 3, 5, 6])
-    reference = run_reference(path, small_network, [1, 3, 5, 6], config="nv-segment-ctmr")
+    ctmr = NV_SEGMENT_CTMR.preprocessing
+    assert ctmr.window == (192, 192, 128) and ctmr.intensity == IntensityPercentiles(1, 99)  # its inference.json
+    engine = Engine(small_network, model=NV_SEGMENT_CTMR)
+    assert count_windows(preprocess(read_image(path), preprocessing=ctmr).spatial_shape, ctmr) == 2
+    prompt = [1, 3, 5, 6, 230, 300]  # 230 and 300: brain structures, IDs a uint8 labelmap cannot hold
+    ours = engine.segment(read_image(path), prompt)
+    reference = run_reference(path, small_network, prompt, config="nv-segment-ctmr")
+    assert ours.array.dtype == np.uint16
     assert agreement(ours, reference) >= AGREEMENT
     assert_nontrivial(ours, 2)
     if volume == "example_mr":  # the VISTA3D bundle's wiring gives something else: the comparison is not vacuous
-        assert agreement(ours, run_reference(path, small_network, [1, 3, 5, 6])) < AGREEMENT
+        assert agreement(ours, run_reference(path, small_network, prompt)) < AGREEMENT
 
 
 def test_matches_reference_with_lps_permuted_axes(tmp_path, example_ct_crop, small_network):

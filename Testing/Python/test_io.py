@@ -170,6 +170,26 @@ def test_labelmap_values_outside_uint8_are_refused(tmp_path, values):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_label_space_past_255_writes_uint16_with_its_own_segments(tmp_path):
+    """NV-Segment-CTMR's IDs reach 345: its labelmaps are uint16 and its .seg.nrrd segments carry its
+    table's names and terminology; the same values are refused for VISTA3D's space."""
+    import slicerio
+
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+
+    labelmap = Image(np.array([0, 1, 230, 345] * 2, dtype=np.uint16).reshape(2, 2, 2), np.eye(4))
+    read = io.read_image(io.write_labelmap(labelmap, tmp_path / "l.nrrd", label_space=CTMR_LABELS))
+    assert read.array.dtype == np.uint16
+    np.testing.assert_array_equal(read.array, labelmap.array)
+    segments = slicerio.read_segmentation(str(io.write_labelmap(labelmap, tmp_path / "l.seg.nrrd",
+                                                                 label_space=CTMR_LABELS)))["segments"]
+    assert {s["labelValue"]: s["name"] for s in segments} == {
+        1: "Liver", 230: "Left hippocampus", 345: CTMR_LABELS.label_info(345).display_name}
+    assert {s["terminology"]["contextName"] for s in segments} == {CTMR_LABELS.terminology_contexts[0]}
+    with pytest.raises(VISTA3DError, match="0 to 255"):
+        io.write_labelmap(labelmap, tmp_path / "v.nii.gz")
+
+
 def test_unknown_extension_lists_supported_ones(tmp_path):
     with pytest.raises(VISTA3DError) as raised:
         io.write_labelmap(Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), tmp_path / "labels.png")
@@ -308,7 +328,7 @@ def test_existing_preview_is_kept_unless_overwrite(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
-    def crash(labelmap, path, names):
+    def crash(labelmap, path, names, space):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt  # as if the user pressed Ctrl+C in the middle
 
@@ -322,7 +342,7 @@ def test_failed_overwrite_keeps_old_file(tmp_path, monkeypatch):
     path = io.write_labelmap(small_labelmap(), tmp_path / "l.seg.nrrd")
     before = path.read_bytes()
 
-    def crash(labelmap, temporary, names):
+    def crash(labelmap, temporary, names, space):
         Path(temporary).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 

@@ -178,7 +178,8 @@ def test_weights_status_says_what_to_do_and_where_the_file_is(tmp_path, monkeypa
     monkeypatch.setattr(weights, "verify", lambda path, source: True)  # a checked copy
     status = weights_status(vista)
     assert status.ready and status.in_cache and status.path == cached
-    assert [m.source.filename for m in WEIGHTS_MODELS[1:]] == [weights.source_for("nv-segment-ct").filename] + [
+    assert [m.source.filename for m in WEIGHTS_MODELS[1:]] == [
+        weights.source_for(k).filename for k in ("nv-segment-ct", "nv-segment-ctmr")] + [
         weights.SAM_SOURCES[k].filename for k in ("vit_b", "vit_l", "vit_h")]
     hub = weights_status(WEIGHTS_MODELS[1])  # no size pinned: the hub reports it at the download
     assert not hub.ready and "Not downloaded yet. Download them from huggingface.co" in hub.text

@@ -428,6 +428,50 @@ def test_the_model_chosen_decides_whose_weights_load(logic, ct, checkpoint, earl
     assert len(live_engines()) == 1  # the NV-Segment-CT network was let go
 
 
+def test_ctmr_segments_with_its_table_its_modality_and_refuses_clicks(logic, ct, checkpoint, network, earlier_result,
+                                                                      monkeypatch):
+    """NV-Segment-CTMR chosen in the panel: its windows and labels (IDs past 255) go into segments
+    named, coloured and coded from its table; its "everything" follows the modality; clicks and
+    zero-shot segments are refused with the reason before anything runs."""
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.engine import Engine
+    from VISTA3DSlicerLib.errors import VISTA3DError
+    from VISTA3DSlicerLib.geometry import Image
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+    from VISTA3DSlicerLib.models import NV_SEGMENT_CTMR
+    import vtk
+
+    monkeypatch.setenv("NV_SEGMENT_CTMR_WEIGHTS", str(checkpoint))
+    logic.model = "nv-segment-ctmr"
+    segmentation = logic.segment(ct, "liver, left hippocampus, 300", device="cpu")
+    expected = Engine(network, model=NV_SEGMENT_CTMR).segment(Image(synthetic_ct(), CT_AFFINE), [1, 230, 300]).array
+    assert expected.dtype == np.uint16
+    names = segments_of(segmentation)
+    assert names
+    for name, segment_id in names.items():
+        label = slicer_adapter.segment_label(segmentation, segment_id)
+        info = CTMR_LABELS.label_info(label)
+        segment, tag = segmentation.GetSegmentation().GetSegment(segment_id), vtk.mutable("")
+        assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+        assert name == info.display_name and tag.get() == info.terminology_entry()
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, segment_id, ct), expected == label)
+    assert set(np.unique(expected)) - {0} == {slicer_adapter.segment_label(segmentation, i) for i in names.values()}
+
+    assert logic.automaticPrompt("everything", slicer_adapter.image_from_volume_node(ct)) == list(
+        CTMR_LABELS.everything_for("ct"))  # the synthetic volume is in Hounsfield units
+    logic.modality = "mri-brain"
+    assert logic.automaticPrompt("everything") == list(range(214, 346))
+
+    earlier = written_segmentation(ct, earlier_result)
+    liver = segments_of(earlier)["Liver"]
+    positive, negative = click_points(logic, ct, [(18, 20, 15)])
+    with pytest.raises(VISTA3DError, match="NV-Segment-CTMR segments automatically only"):
+        logic.updateSegmentFromPoints(ct, earlier, liver, positive, negative, device="cpu")
+    with pytest.raises(VISTA3DError, match="NV-Segment-CTMR segments automatically only"):
+        logic.newZeroShotSegment(earlier, ct)
+    assert set(segments_of(earlier)) == {"Liver", "Spleen"}  # nothing was added or changed
+
+
 def test_the_click_session_is_installed_on_the_main_thread(logic, ct, checkpoint, vista3d_module, earlier_result):
     """Built on the worker, it becomes the Logic's only when the job's result is dispatched."""
     segmentation = written_segmentation(ct, earlier_result)

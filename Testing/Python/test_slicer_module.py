@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from VISTA3DSlicerLib.ct_check import MODALITY_TITLES
+from VISTA3DSlicerLib.models import MODELS
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "VISTA3DSlicer"
 MODULE_FILE = MODULE_DIR / "VISTA3DSlicer.py"
@@ -300,7 +303,7 @@ PANEL_SECTIONS = [
     ("inputsCollapsibleButton", "Input and output", False,
      ["inputVolumeSelector", "ctWarningLabel", "outputSegmentationSelector"]),
     ("modelCollapsibleButton", "Model", False,
-     ["modelComboBox", "modelInfoLabel", "deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
+     ["modelComboBox", "modelInfoLabel", "modalityComboBox", "deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
       "weightsStatusLabel", "downloadWeightsButton", "browseWeightsButton", "openWeightsFolderButton",
       "deleteWeightsButton"]),
     ("autoCollapsibleButton", "Automatic segmentation", False,
@@ -336,6 +339,7 @@ PARAMETER_BINDINGS = {
     "outputSegmentationSelector": "outputSegmentation",
     "labelsLineEdit": "labels",
     "modelComboBox": "model",
+    "modalityComboBox": "modality",
     "deviceComboBox": "device",
     "precisionComboBox": "precision",
     "runtimeComboBox": "runtime",
@@ -346,7 +350,8 @@ PARAMETER_BINDINGS = {
 
 #: The fixed items of the combo boxes (the parameter values, so never translated).
 COMBO_ITEMS = {
-    "modelComboBox": ["vista3d", "nv-segment-ct"],
+    "modelComboBox": list(MODELS),  # every model of models.MODELS, by its --model name
+    "modalityComboBox": ["auto", *MODALITY_TITLES],
     "deviceComboBox": ["auto", "cpu", "cuda"],
     "precisionComboBox": ["fp32", "fp16", "bf16"],
     "runtimeComboBox": ["torch", "openvino"],
@@ -1099,6 +1104,76 @@ def test_panel_renders_as_in_slicer(qt_application, tmp_path):
         child(panel, "ctWarningLabel").show()
         grab(panel)
         assert_nothing_clipped(panel)
+    finally:
+        panel.deleteLater()
+
+
+def fill_for_ctmr(panel) -> None:
+    """The panel as the module shows it with NV-Segment-CTMR chosen for a brain MR: its licence and
+    caveat, the modality, its own tree (the brain sections, from ``label_picker``), and the click
+    and zero-shot sections disabled with the reason."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QIcon, QPixmap
+    from PySide6.QtWidgets import QTreeWidgetItem
+
+    from VISTA3DSlicerLib.label_picker import LabelSelection, label_tree
+    from VISTA3DSlicerLib.labels import CTMR_LABELS
+    from VISTA3DSlicerLib.models import MODELS
+
+    fill_like_the_module(panel)
+    ctmr = MODELS["nv-segment-ctmr"]
+    child(panel, "inputVolumeSelector").addNode("MR brain T1")
+    child(panel, "inputVolumeSelector").setCurrentIndex(1)
+    child(panel, "modelComboBox").setCurrentText(ctmr.key)
+    child(panel, "modalityComboBox").setCurrentText("mri-brain")
+    child(panel, "modelInfoLabel").setText(
+        f"{ctmr.classes} classes of {' and '.join(ctmr.modalities)}; {', '.join(ctmr.prompts)}. Licence: "
+        f"{ctmr.licence.name} ({ctmr.licence.url}). Commercial use: {ctmr.licence.commercial_use}. {ctmr.caveat}")
+    child(panel, "weightsModelComboBox").setCurrentText(ctmr.title)
+    selection = LabelSelection.from_prompt("everything", space=CTMR_LABELS, modality="mri-brain")
+    tree = child(panel, "labelTree")
+    tree.clear()
+    states = {"checked": Qt.CheckState.Checked, "partial": Qt.CheckState.PartiallyChecked,
+              "unchecked": Qt.CheckState.Unchecked}
+
+    def add(parent, node) -> None:
+        item = QTreeWidgetItem(parent, [node.title if not node.is_leaf else f"{node.title}  ({node.label_id})"])
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(0, states[selection.check_state(node)])
+        if node.is_leaf:
+            pixmap = QPixmap(12, 12)
+            pixmap.fill(QColor(*CTMR_LABELS.label_info(node.label_id).color))
+            item.setIcon(0, QIcon(pixmap))
+        for below in node.children:
+            add(item, below)
+        item.setExpanded(node.key in ("section:brain", "section:brain_deep"))
+
+    for section in label_tree(CTMR_LABELS):
+        add(tree, section)
+    child(panel, "everythingCheckBox").setChecked(True)
+    child(panel, "everythingCheckBox").setText(f"Everything ({len(selection.ids)} structures)")
+    child(panel, "selectionSummaryLabel").setText(selection.summary())
+    child(panel, "labelsLineEdit").setText(selection.to_prompt())
+    for name in ("interactiveCollapsibleButton", "zeroShotCollapsibleButton"):
+        child(panel, name).setEnabled(False)
+        child(panel, name).setToolTip("NV-Segment-CTMR segments automatically only: choose vista3d or "
+                                      "nv-segment-ct in Model for clicks.")
+    child(panel, "statusLabel").setText("Segmenting MR brain T1: window 1 of 2 \u2026")
+
+
+def test_the_panel_with_ctmr_chosen_renders(qt_application, tmp_path):
+    """The Model combo on NV-Segment-CTMR: set VISTA3D_PANEL_RENDER_CTMR to the PNG to write, and look at it."""
+    panel = load_panel()
+    try:
+        fill_for_ctmr(panel)
+        image = panel_picture(panel)
+        assert_painted(image)
+        assert_nothing_clipped(panel)
+        assert child(panel, "modelComboBox").currentText() == "nv-segment-ctmr"  # an item of the .ui's combo
+        assert child(panel, "modalityComboBox").currentText() == "mri-brain"
+        for path in (tmp_path / "vista3d_panel_ctmr.png", os.environ.get("VISTA3D_PANEL_RENDER_CTMR")):
+            if path:
+                assert image.save(str(path))
     finally:
         panel.deleteLater()
 

@@ -190,9 +190,10 @@ def test_shipped_sources():
     assert hf.size == 871_970_895
     assert vista3d.source("nvidia").checksum == ("md5", "6ce45a8edde4400c5d28d5e74d7b61d5")
     assert vista3d.source("nvidia").download_command == "vista3d weights download --source nvidia"
-    nv_segment_ct = models.MODELS["nv-segment-ct"].default_source
-    assert nv_segment_ct.hub_checksum and nv_segment_ct.checksum is None  # checked against the hub
-    assert nv_segment_ct.url.startswith("https://huggingface.co/nvidia/NV-Segment-CT/resolve/")
+    for key, repository in (("nv-segment-ct", "NV-Segment-CT"), ("nv-segment-ctmr", "NV-Segment-CTMR")):
+        nvidia = models.MODELS[key].default_source
+        assert nvidia.hub_checksum and nvidia.checksum is None  # checked against the hub
+        assert nvidia.url == f"https://huggingface.co/nvidia/{repository}/resolve/main/vista3d_pretrained_model/model.pt"
     sources = [source for model in models.MODELS.values() for source in model.sources]
     assert len({s.filename for s in sources}) == len(sources)  # one cache file each
     assert all("licen" in s.licence_note for s in sources)
@@ -630,6 +631,11 @@ def test_each_model_has_its_own_environment_variable(tmp_path, monkeypatch):
         weights.resolve("nv-segment-ct")
     for hint in ("NV-Segment-CT weights", "vista3d weights download --model nv-segment-ct", "NV_SEGMENT_CT_WEIGHTS"):
         assert hint in str(error.value)
+    monkeypatch.setenv("NV_SEGMENT_CT_WEIGHTS", str(mine))
+    with pytest.raises(WeightsNotFoundError, match="NV_SEGMENT_CTMR_WEIGHTS"):
+        weights.resolve("nv-segment-ctmr")  # NV-Segment-CT's file is not NV-Segment-CTMR's
+    monkeypatch.setenv("NV_SEGMENT_CTMR_WEIGHTS", str(mine))
+    assert weights.resolve("nv-segment-ctmr") == mine
 
 
 # --- a source checked against the SHA-256 the hub reports ----------------------------------------
@@ -784,7 +790,7 @@ def test_sam_download_resolve_and_offline_rules(server, monkeypatch, tmp_path):
     mine.write_bytes(b"the user's file")
     monkeypatch.setenv("VISTA3D_SAM_WEIGHTS", str(mine))
     assert weights.resolve("sam_vit_b") == mine
-    with pytest.raises(VISTA3DError, match="Unknown model 'sam_vit_x': use one of vista3d, nv-segment-ct, sam_vit_b"):
+    with pytest.raises(VISTA3DError, match="Unknown model 'sam_vit_x': use one of vista3d, nv-segment-ct, nv-segment-ctmr, sam_vit_b"):
         weights.resolve("sam_vit_x")
 
 

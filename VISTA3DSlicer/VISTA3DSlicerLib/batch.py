@@ -30,6 +30,7 @@ from .progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
     from .geometry import Image
+    from .labels import LabelSpace
 
 __all__ = [
     "BatchStatus", "BatchResult", "BatchReport", "run_batch", "BatchCase", "StopBatch", "find_inputs",
@@ -266,6 +267,7 @@ def segment_cases(
     on_result: Optional[Callable[[BatchResult], None]] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    label_space: Optional["LabelSpace"] = None,
 ) -> BatchReport:
     """Segment each case with ``segment(case, image, progress, cancel)`` (it returns the labelmap).
 
@@ -274,7 +276,8 @@ def segment_cases(
     ``<name>_preview.png`` with ``preview``) while this batch holds the folder's lock; a case whose
     output exists is skipped unless ``overwrite``, so that running a killed batch again finishes it;
     and the summary (``SUMMARY_NAME``) is rewritten after each case. ``StopBatch`` from ``segment``
-    stops the batch and its cause is raised once the summary is written.
+    stops the batch and its cause is raised once the summary is written. ``label_space``: the model's
+    labels (names and colours of the outputs; default VISTA3D's).
     """
     from .io import write_labelmap
     from .preview import write_preview_png
@@ -307,8 +310,8 @@ def segment_cases(
             # labelmap exists (another batch on this folder finished the case meanwhile), the preview
             # is that batch's: it is kept, and the case fails with "exists" before writing anything.
             write_preview_png(image, labelmap, out_dir / f"{case.name}_preview.png",
-                              overwrite=overwrite or not output(case).exists())
-        write_labelmap(labelmap, output(case), overwrite=overwrite)
+                              overwrite=overwrite or not output(case).exists(), label_space=label_space)
+        write_labelmap(labelmap, output(case), overwrite=overwrite, label_space=label_space)
 
     # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
     # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from .batch import OUTPUT_FORMATS, SUMMARY_NAME
+from .ct_check import MODALITY_TITLES
 from .errors import VISTA3DError
 from .model import PRECISIONS, RUNTIMES
 from .models import DEFAULT_MODEL, MODELS
@@ -94,9 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     def model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--labels",
-            help="comma-separated VISTA3D names or IDs (liver,spleen or 1,3), or 'everything' (default)",
+            help="comma-separated class names or IDs (liver,spleen or 1,3), or 'everything' (default); "
+            "`vista3d labels --model NAME` lists a model's",
         )
         choose_model(command)
+        command.add_argument(
+            "--modality", choices=tuple(MODALITY_TITLES),
+            help="what the volume is, for a model that segments CT and MR (nv-segment-ctmr): its 'everything' "
+            "differs (default: ct for a volume in Hounsfield units, else mri-body). mri-brain expects a "
+            "skull-stripped, normalised T1",
+        )
         command.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
         command.add_argument("--precision", default="fp32", choices=PRECISIONS)
         command.add_argument(
@@ -184,7 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     sam_options(zeroshot)
     zeroshot.set_defaults(run=_zeroshot, clicks=[], runtime="torch")  # clicks run in PyTorch
 
-    labels = commands.add_parser("labels", help="print the label table")
+    labels = commands.add_parser("labels", help="print a model's label table")
+    labels.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
+                        help=f"whose labels (default {DEFAULT_MODEL})")
     labels.set_defaults(run=_labels)
 
     models = commands.add_parser("models", help="list the models, with what they segment and their licences")
@@ -228,41 +238,43 @@ class _ClickAction(argparse.Action):
 def _segment(args: argparse.Namespace) -> int:
     from .io import write_labelmap
     from .preview import write_preview_png
-    from .labels import automatic_prompt
 
+    model = MODELS[args.model]
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else None
     for path in (output, preview):
         _refuse_existing(path, args.overwrite)
     if args.clicks or args.label is not None:
         run = _click_job(args)
+        image = _read_ct(args.image)
     else:
-        label_ids = automatic_prompt(args.labels)
+        model.labels.automatic_prompt(args.labels, args.modality)  # a bad prompt fails before anything loads
+        image, modality = _read_for_model(args.image, model, args.modality)
+        label_ids = model.labels.automatic_prompt(args.labels, modality)
 
         def run(image, engine):
             with _progress_bar(Path(args.image).name) as progress:
                 return engine.segment(image, label_ids, progress=progress)
 
-    image = _read_ct(args.image)
     engine = _engine(args)
     labelmap = run(image, engine)
-    write_labelmap(labelmap, output, overwrite=args.overwrite)
+    write_labelmap(labelmap, output, overwrite=args.overwrite, label_space=model.labels)
     print(f"Wrote {output}")
     if preview is not None:
-        write_preview_png(image, labelmap, preview, overwrite=args.overwrite)
+        write_preview_png(image, labelmap, preview, overwrite=args.overwrite, label_space=model.labels)
         print(f"Wrote {preview}")
     return 0
 
 
 def _click_job(args: argparse.Namespace):
     """Check the click options now (before any loading) and return what segments the image with them."""
-    from .labels import validate_click_label
-
+    model = MODELS[args.model]
+    model.check_clicks()
     if args.labels is not None:
         raise VISTA3DError("Clicks edit one structure: give it with --label (not --labels).")
     if not args.clicks:
         raise VISTA3DError("--label without clicks: add --point i,j,k (or use --labels for automatic segmentation).")
-    label = None if args.label is None else validate_click_label(args.label)
+    label = None if args.label is None else model.labels.validate_click_label(args.label)
 
     def run(image, engine):
         import numpy as np
@@ -315,6 +327,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
+    MODELS[args.model].check_clicks()
     check_request(args.id, args.clicks, args.snap)
     image = _read_ct(args.image)
     sam, sam_device = _sam(args) if args.snap is not None else (None, "cpu")  # a missing SAM file fails now
@@ -342,6 +355,24 @@ def _read_ct(path) -> "Image":
     if warning:
         print(f"warning: {Path(path).name}: {warning}", file=sys.stderr)
     return image
+
+
+def _read_for_model(path, model, requested: Optional[str]) -> "tuple[Image, str]":
+    """The image and the modality to segment it as (``ct_check.choose_modality``), saying on stderr
+    what the user should know (a CT model on a non-CT, the modality inferred, brain MR's needs)."""
+    from .io import read_image
+
+    image = read_image(path)
+    return image, _modality(model, image, requested, Path(path).name)
+
+
+def _modality(model, image: "Image", requested: Optional[str], name: str) -> str:
+    from .ct_check import choose_modality
+
+    choice = choose_modality(model, image, requested)
+    if choice.message:
+        print(f"{'warning' if choice.warning else 'note'}: {name}: {choice.message}", file=sys.stderr)
+    return choice.modality
 
 
 def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
@@ -383,15 +414,18 @@ def _batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .batch import StopBatch, file_cases, find_inputs, segment_cases
-    from .labels import automatic_prompt
+    from .io import read_image
 
+    model = MODELS[args.model]
     out_dir = Path(args.output)
-    cases = file_cases(find_inputs(args.inputs), out_dir, _read_ct)
-    label_ids = automatic_prompt(args.labels)
+    cases = file_cases(find_inputs(args.inputs), out_dir, read_image)
+    model.labels.automatic_prompt(args.labels, args.modality)  # a bad prompt fails before anything loads
     engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
 
     def segment(case, image, progress, cancel):
         nonlocal engine
+        # Each case's own modality (a cohort may mix CT and MR), said per case as for one volume.
+        label_ids = model.labels.automatic_prompt(args.labels, _modality(model, image, args.modality, case.name))
         if engine is None:
             try:
                 engine = _engine(args)
@@ -402,7 +436,8 @@ def _batch(args: argparse.Namespace) -> int:
 
     with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
         report = segment_cases(cases, segment, out_dir=out_dir, output_format=args.format, overwrite=args.overwrite,
-                               preview=args.preview, on_result=lambda result: cases_bar.update())
+                               preview=args.preview, on_result=lambda result: cases_bar.update(),
+                               label_space=model.labels)
     counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"summary: {out_dir / SUMMARY_NAME}")
@@ -415,20 +450,22 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _labels(args: argparse.Namespace) -> int:
-    from .labels import EVERYTHING, SUBCLASSES, SUPPORTED, label_table
-
-    print(f"{'ID':>3}  {'name':<30} {'display name':<30} use")
-    for label_id, info in label_table().items():
-        if label_id in SUBCLASSES:
-            use = "group: " + ",".join(map(str, SUBCLASSES[label_id]))
-        elif label_id in EVERYTHING:
-            use = "everything"
-        elif label_id in SUPPORTED:
+    space = MODELS[args.model].labels
+    several = len(space.modalities) > 1
+    print(f"{'ID':>3}  {'name':<38} {'display name':<40} use")
+    for label_id, info in space.table().items():
+        in_lists = [modality for modality, ids in space.everything_lists.items() if label_id in ids]
+        if label_id in space.subclasses:
+            use = "group: " + ",".join(map(str, space.subclasses[label_id]))
+        elif in_lists:
+            use = f"everything ({', '.join(in_lists)})" if several else "everything"
+        elif label_id in space.supported:
             use = "ask for it by name"
         else:
             use = "unsupported (legacy)"
-        print(f"{label_id:>3}  {info.name:<30} {info.display_name:<30} {use}")
-    print("133-254  zero-shot structures: need clicks")
+        print(f"{label_id:>3}  {info.name:<38} {info.display_name:<40} {use}")
+    if space.zero_shot_ids:
+        print(f"{space.zero_shot_ids.start}-{space.zero_shot_ids.stop - 1}  zero-shot structures: need clicks")
     return 0
 
 
@@ -437,10 +474,16 @@ def _models(args: argparse.Namespace) -> int:
         source = model.default_source
         size = source.size_text or "size given by the hub"
         default = "  (default)" if model.key == DEFAULT_MODEL else ""
+        everything = "; ".join(f"{len(ids)} classes for {key}" for key, ids in model.labels.everything_lists.items())
+        window = "x".join(map(str, model.preprocessing.window))
+        caveat = f"  note: {model.caveat}\n" if model.caveat else ""
         print(f"{model.key}{default}: {model.title}\n"
               f"  {model.summary}\n"
               f"  classes: {model.classes}   modalities: {', '.join(model.modalities)}   "
               f"prompts: {', '.join(model.prompts)}\n"
+              f"  everything: {everything}\n"
+              f"  windows: {window}, {model.preprocessing.spacing_mm} mm; intensities: {model.preprocessing.intensity}\n"
+              f"{caveat}"
               f"  licence: {model.licence.name} <{model.licence.url}>\n"
               f"  commercial use: {model.licence.commercial_use}\n"
               f"  weights: {source.host} ({size}); a local copy: --weights FILE or ${model.environment}\n")

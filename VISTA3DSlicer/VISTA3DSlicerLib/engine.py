@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TypeVa
 
 import numpy as np
 
-from . import labels as label_table
 from .errors import VISTA3DError
 from .geometry import Image
 from .memory import GIB, gpu_memory_available, host_memory_available
-from .models import DEFAULT_MODEL, get_model
+from .models import DEFAULT_MODEL, VISTA3D, SegmentationModel, get_model
 from .preprocessing import VISTA3D_PREPROCESSING, Preprocessed, Preprocessing, preprocess
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 from .sliding_window import WindowGrid, stitch_in_slabs
@@ -182,11 +181,11 @@ class Engine:
         precision: str = "fp32",
         window_batch: int = 1,
         runtime: str = "torch",
-        preprocessing: Preprocessing = VISTA3D_PREPROCESSING,
+        model: SegmentationModel = VISTA3D,
     ):
         """``window_batch``: windows per network call (automatic segmentation); more use more memory.
         ``runtime``: what runs the windows of automatic segmentation (``model.RUNTIMES``).
-        ``preprocessing``: the model's (``models.SegmentationModel.preprocessing``)."""
+        ``model``: the published model the network's weights are (its preprocessing, windows and labels)."""
         import torch
 
         from .model import autocast, check_runtime
@@ -197,7 +196,9 @@ class Engine:
         check_runtime(runtime, self.device)
         self.precision = precision
         self.window_batch = window_batch
-        self.preprocessing = preprocessing
+        self.model = model
+        self.preprocessing = model.preprocessing
+        self.labels = model.labels
         if self.device.type == "cuda":
             # Every window has the same shape, so cuDNN's search for the fastest convolutions is paid once.
             torch.backends.cudnn.benchmark = True
@@ -206,7 +207,7 @@ class Engine:
         #: How each window is computed, chosen once: VISTA3D's parts, or its forward alone.
         self.windows: WindowComputation
         if hasattr(network, "class_head"):
-            self.windows = ClassHeadWindows(self.network, runtime, preprocessing.window)
+            self.windows = ClassHeadWindows(self.network, runtime, self.preprocessing.window)
         elif runtime == "openvino":
             raise VISTA3DError("The OpenVINO runtime needs VISTA3D's image encoder and class head.")
         else:
@@ -227,8 +228,7 @@ class Engine:
         check_runtime(runtime, resolved)  # before minutes of loading
         path = resolve(model, weights)
         logger.info("Loading the %s weights from %s onto %s", model, path, resolved)
-        return cls(load_network(path, resolved), resolved, precision, runtime=runtime,
-                   preprocessing=described.preprocessing)
+        return cls(load_network(path, resolved), resolved, precision, runtime=runtime, model=described)
 
     def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:
         """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the
@@ -244,14 +244,15 @@ class Engine:
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
     ) -> Image:
-        """Segment ``label_ids`` (VISTA3D global IDs; None = everything, 117 classes) automatically.
+        """Segment ``label_ids`` (the model's global IDs; None = its default everything, 117 CT classes) automatically.
 
-        Returns a labelmap on the input's grid: VISTA3D global IDs, 0 for background.
-        Group IDs (2 kidney, 20 lung, 21 bone) are expanded to their members, as the bundle does.
+        Returns a labelmap on the input's grid: global IDs, 0 for background (``uint8``, or ``uint16``
+        for a model with more than 255 classes). Group IDs (2 kidney, 20 lung, 21 bone) are expanded
+        to their members, as the bundle does.
         """
         import torch
 
-        class_ids = _class_ids(label_ids)  # before the preprocessing, not after it
+        class_ids = self._class_ids(label_ids)  # before the preprocessing, not after it
         grid = network_grid(image.shape, image.affine, self.preprocessing.spacing_mm)
         self._check_memory(image.shape, grid, len(class_ids))
         prepared: Optional[Preprocessed] = None
@@ -278,13 +279,17 @@ class Engine:
         cancel: Optional[CancelToken] = None,
     ) -> np.ndarray:
         """``segment`` on an image already preprocessed (an interactive session keeps one): IDs on the input grid."""
-        class_ids = _class_ids(label_ids)
+        class_ids = self._class_ids(label_ids)
         self._check_memory(prepared.source_shape, prepared.spatial_shape, len(class_ids))
         return self._with_fallback(
             lambda placement: self._segment_once(prepared, class_ids, placement, progress, cancel),
             prepared.spatial_shape,
             len(class_ids),
         )
+
+    def _class_ids(self, label_ids: Optional[Sequence[int]]) -> list[int]:
+        """The classes the class head predicts for a prompt (None = everything), group IDs expanded."""
+        return self.labels.expand_subclasses(self.labels.automatic_prompt(label_ids))
 
     def stitched_channels(self, classes: int) -> int:
         """Channels stitched over the volume for ``classes`` classes (``WindowComputation``)."""
@@ -368,7 +373,7 @@ class Engine:
             del image
             check_cancelled(cancel)  # resampling the labels back takes seconds on a large volume
             restored = prepared.restore(labels)
-        return np.rint(restored).astype(np.uint8)
+        return np.rint(restored).astype(self.labels.labelmap_dtype)
 
     @staticmethod
     def _counted(
@@ -397,6 +402,10 @@ class Engine:
 
 class WindowComputation(Protocol):
     """How the engine computes each window of automatic segmentation, chosen once per network."""
+
+    def _class_ids(self, label_ids: Optional[Sequence[int]]) -> list[int]:
+        """The classes the class head predicts for a prompt (None = everything), group IDs expanded."""
+        return self.labels.expand_subclasses(self.labels.automatic_prompt(label_ids))
 
     def stitched_channels(self, classes: int) -> int:
         """Channels stitched over the volume for ``classes`` classes."""
@@ -532,11 +541,6 @@ def _class_prompt(class_vector: "torch.Tensor") -> dict:
         "labels": None,
         "label_set": None,
     }
-
-
-def _class_ids(label_ids: Optional[Sequence[int]]) -> list[int]:
-    """The classes the class head predicts for a prompt (None = everything), group IDs expanded."""
-    return label_table.expand_subclasses(label_table.automatic_prompt(label_ids))
 
 
 def _class_logits(embeddings: "torch.Tensor", features: "torch.Tensor") -> "torch.Tensor":

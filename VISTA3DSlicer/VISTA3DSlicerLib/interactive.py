@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 
-from . import labels as label_table
+from .labels import SPECIAL_BUNDLE
 from .errors import VISTA3DError
 from .feature_cache import FeatureCache, default_budget
 from .geometry import Image, bounding_box
@@ -106,7 +106,9 @@ class Session:
     def __init__(self, engine: "Engine", image: Image, *, cache_budget_bytes: Optional[int] = None):
         import torch
 
+        engine.model.check_clicks()  # an automatic-only model (NV-Segment-CTMR) is refused before any work
         self.engine = engine
+        self.labels = engine.labels
         self.image = image
         cache = FeatureCache(
             default_budget(engine.device) if cache_budget_bytes is None else cache_budget_bytes, engine.device
@@ -154,9 +156,9 @@ class Session:
         class the model segments automatically, and nothing otherwise.
         """
         if label is not None:
-            label = label_table.validate_click_label(label)
+            label = self.labels.validate_click_label(label)
         if mask is None:
-            if label is not None and label in label_table.SUPPORTED:
+            if label is not None and label in self.labels.supported:
                 mask = self.automatic_mask(label)
             else:
                 mask = np.zeros(self.image.shape, dtype=bool)
@@ -194,7 +196,7 @@ class Session:
 
         if not clicks:
             raise VISTA3DError("No clicks were given.")
-        zero_shot = label is not None and label in label_table.ZERO_SHOT_IDS
+        zero_shot = label is not None and label in self.labels.zero_shot_ids
         class_id = label if label is not None and not zero_shot else None
         with torch.inference_mode():
             points = self.prepared.to_network_points([c.index for c in clicks])
@@ -216,7 +218,7 @@ class Session:
         # Special classes (tumours, vessels...) take 3 / 2 for positive / negative. The list is the
         # bundle's SPECIAL_BUNDLE, the one its VistaPreTransformd applies, because the bundle is the
         # reference we reproduce (reference doc §2.2); labels.py explains the two lists.
-        special = label is not None and label in label_table.SPECIAL_BUNDLE
+        special = label is not None and label in SPECIAL_BUNDLE
         return (3 if click.positive else 2) if special else int(click.positive)
 
     @staticmethod
@@ -340,7 +342,7 @@ class Structure:
                 raise VISTA3DError(
                     f"Voxel {voxel} has both a positive and a negative click: remove one of them."
                 )
-        has_class = self.label is not None and self.label in label_table.SUPPORTED
+        has_class = self.label is not None and self.label in self.session.labels.supported
         if clicks and not any(click.positive for click in clicks) and not has_class and not self.initial_mask.any():
             raise VISTA3DError(
                 "There are only negative clicks, on a structure that is empty: they have nothing to remove. "

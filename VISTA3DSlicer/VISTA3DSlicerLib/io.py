@@ -30,7 +30,7 @@ from .geometry import LPS_TO_RAS, Image
 if TYPE_CHECKING:
     import SimpleITK
 
-    from .labels import LabelInfo
+    from .labels import LabelInfo, LabelSpace
 
 logger = logging.getLogger(__name__)
 
@@ -220,27 +220,32 @@ def write_labelmap(
     *,
     overwrite: bool = False,
     segments: Optional[Mapping[int, "LabelInfo"]] = None,
+    label_space: Optional["LabelSpace"] = None,
 ) -> Path:
-    """Write a labelmap of VISTA3D global IDs as ``uint8`` with exactly the ``Image``'s geometry.
+    """Write a labelmap of a model's global IDs with exactly the ``Image``'s geometry: ``uint8``, or
+    ``uint16`` where a label passes 255 (NV-Segment-CTMR's 345 classes).
 
     The format follows the file name: ``.nii.gz``/``.nii`` (NIfTI), ``.nrrd`` (plain NRRD
     labelmap), ``.mha`` (MetaImage), or ``.seg.nrrd`` (3D Slicer segmentation: one segment
     per label present, with its name, colour and terminology). ``segments`` describes some
     labels' segments in place of the label table (a structure the user renamed or recoloured):
     a ``.seg.nrrd`` segment takes the ``display_name``, ``color`` and terminology codes of its
-    label's entry; the other formats hold no names. Returns the path written.
+    label's entry; the other formats hold no names. ``label_space``: the model's label table
+    (default VISTA3D's). Returns the path written.
     """
+    from .labels import VISTA3D_LABELS
+
     path = Path(path)
     extension = labelmap_extension(path)
-    array = _labelmap_uint8(labelmap.array, path)
-    uint8_labelmap = Image(array, labelmap.affine)
+    space = label_space or VISTA3D_LABELS
+    labels = Image(_labelmap_integers(labelmap.array, path, space), labelmap.affine)
 
     if extension == ".seg.nrrd":
         def write(temporary: Path) -> None:
-            _write_segmentation(uint8_labelmap, temporary, segments or {})
+            _write_segmentation(labels, temporary, segments or {}, space)
     else:
         def write(temporary: Path) -> None:
-            _write_compressed(uint8_labelmap, temporary)
+            _write_compressed(labels, temporary)
 
     return write_atomically(path, extension, overwrite, write)
 
@@ -279,35 +284,36 @@ def labelmap_extension(path: Path) -> str:
     )
 
 
-def _labelmap_uint8(array: np.ndarray, path: Path) -> np.ndarray:
-    """The labels as ``uint8``, refusing values a ``uint8`` labelmap cannot hold."""
+def _labelmap_integers(array: np.ndarray, path: Path, space: "LabelSpace") -> np.ndarray:
+    """The labels as the label space's integer type (``uint8`` or ``uint16``), refusing values it cannot hold."""
+    dtype = np.dtype(space.labelmap_dtype)
     if array.dtype == bool:
-        return array.astype(np.uint8, copy=False)
+        return array.astype(dtype, copy=False)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise VISTA3DError(f"Cannot write {path}: labels of type {array.dtype} are not numbers.")
     if array.size:
         low, high = array.min(), array.max()
         whole = np.issubdtype(array.dtype, np.integer) or bool(np.all(np.mod(array, 1) == 0))
-        if low < 0 or high > 255 or not whole:
+        if low < 0 or high > np.iinfo(dtype).max or not whole:
             raise VISTA3DError(
-                f"Cannot write {path}: label values must be whole numbers from 0 to 255 (VISTA3D IDs), "
-                f"found values from {low} to {high}{'' if whole else ' with fractions'}. "
+                f"Cannot write {path}: label values must be whole numbers from 0 to {np.iinfo(dtype).max} "
+                f"({space.title} IDs), found values from {low} to {high}{'' if whole else ' with fractions'}. "
                 "Write the labelmap the segmentation produced, not an image."
             )
-    return array.astype(np.uint8, copy=False)
+    return array.astype(dtype, copy=False)
 
 
-def _write_segmentation(labelmap: Image, path: Path, overrides: Mapping[int, "LabelInfo"]) -> None:
-    """Write a uint8 labelmap as a 3D Slicer ``.seg.nrrd`` with one segment per label present.
+def _write_segmentation(labelmap: Image, path: Path, overrides: Mapping[int, "LabelInfo"], space: "LabelSpace"
+                        ) -> None:
+    """Write a labelmap as a 3D Slicer ``.seg.nrrd`` with one segment per label present.
 
     Each segment's name, colour and terminology come from ``overrides`` where it describes the
-    label, else from the label table.
+    label, else from the label space's table.
     """
     import slicerio
     from slicerio.segmentation import terminology_entry_from_string
 
-    from .labels import label_info
-
+    label_info = space.label_info
     array = labelmap.array
     full_extent = [0, array.shape[0] - 1, 0, array.shape[1] - 1, 0, array.shape[2] - 1]
     segments = []

@@ -2,11 +2,13 @@
 
 Every model here is the ``vista3d132`` network with the MONAI bundle's pipeline (reference doc
 §5): NV-Segment-CT is NVIDIA's later release of the same network and recipe, published apart
-from the MONAI bundle with its own weights and licence. A description says where the weights
-come from, under which licence, which prompts and modalities the model takes, and which
-environment variable names a local copy; ``weights`` downloads and finds them, and the command
-line (``--model``, ``vista3d models``) and the panel read these descriptions rather than
-assuming one model.
+from the MONAI bundle with its own weights and licence; NV-Segment-CTMR is that network
+fine-tuned on CT and MR (345 classes, automatic only) with its own windows, intensity scaling
+and label table. A description says where the weights come from, under which licence, which
+prompts and modalities the model takes, its label space and preprocessing, and which
+environment variable names a local copy; ``weights`` downloads and finds them, and the engine,
+the command line (``--model``, ``vista3d models``) and the panel read these descriptions rather
+than assuming one model.
 
 This module imports no torch or monai: Slicer imports it at start-up.
 """
@@ -18,7 +20,8 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import VISTA3DError
-from .preprocessing import VISTA3D_PREPROCESSING, Preprocessing
+from .labels import CTMR_LABELS, VISTA3D_LABELS, LabelSpace
+from .preprocessing import VISTA3D_PREPROCESSING, IntensityPercentiles, Preprocessing
 
 __all__ = ["WeightsSource", "Licence", "SegmentationModel", "MODELS", "DEFAULT_MODEL", "get_model"]
 
@@ -86,7 +89,6 @@ class SegmentationModel:
     key: str  #: the ``--model`` value
     title: str
     summary: str
-    classes: int  #: trained class IDs (1..classes)
     modalities: tuple[str, ...]
     prompts: tuple[str, ...]  #: "automatic", "points" (+/− clicks), "zero-shot"
     licence: Licence
@@ -94,6 +96,25 @@ class SegmentationModel:
     environment: str  #: the environment variable that names a local copy of the checkpoint
     #: The bundle's preprocessing and windows (its ``inference.json``).
     preprocessing: Preprocessing = VISTA3D_PREPROCESSING
+    labels: LabelSpace = VISTA3D_LABELS  #: class IDs, names, terminology, groups, "everything" lists
+    #: What the user should know when choosing the model, beyond its summary (shown where it is chosen).
+    caveat: str = ""
+
+    @property
+    def classes(self) -> int:
+        """Trained class IDs: 1..classes."""
+        return self.labels.classes
+
+    @property
+    def takes_clicks(self) -> bool:
+        return "points" in self.prompts
+
+    def check_clicks(self) -> None:
+        """Refuse clicks on an automatic-only model, saying which models take them."""
+        if not self.takes_clicks:
+            others = ", ".join(model.key for model in MODELS.values() if model.takes_clicks)
+            raise VISTA3DError(f"{self.title} segments automatically only: it takes no clicks, so its results cannot "
+                               f"be corrected or extended with clicks. Clicks need another model ({others}).")
 
     @property
     def default_source(self) -> WeightsSource:
@@ -131,7 +152,6 @@ VISTA3D = SegmentationModel(
     key="vista3d",
     title="VISTA3D (MONAI bundle)",
     summary="The MONAI model-zoo bundle of the CVPR 2025 paper: 127 CT structures, clicks, zero-shot.",
-    classes=132,
     modalities=("CT",),
     prompts=("automatic", "points", "zero-shot"),
     licence=_MONAI_BUNDLE_LICENCE,
@@ -182,8 +202,44 @@ NV_SEGMENT_CT = replace(
     environment="NV_SEGMENT_CT_WEIGHTS",
 )
 
+# Its docs/README.md: weights under the NCLS v1 licence, "non-commercial and needs future discussion"
+# (its LICENSE file is empty); the VISTA README's table also says non-commercial.
+_CTMR_LICENCE = Licence(
+    "NVIDIA OneWay Noncommercial License (NCLS v1)", "https://huggingface.co/nvidia/NV-Segment-CTMR",
+    commercial_use="no")
+
+NV_SEGMENT_CTMR = SegmentationModel(
+    key="nv-segment-ctmr",
+    title="NV-Segment-CTMR",
+    summary="The VISTA3D network fine-tuned on over 30,000 CT and MR scans: 345 classes of CT and MR, body "
+    "and brain (NVIDIA-Medtech/NV-Segment-CTMR); automatic segmentation only.",
+    modalities=("CT", "MR"),
+    prompts=("automatic",),
+    licence=_CTMR_LICENCE,
+    sources=(
+        WeightsSource(
+            name="huggingface",
+            # As NV-Segment-CT: no commit or checksum can be read from here; the hub's SHA-256 is checked.
+            url="https://huggingface.co/nvidia/NV-Segment-CTMR/resolve/main/vista3d_pretrained_model/model.pt",
+            filename="nv_segment_ctmr_model.pt",
+            licence_note=_CTMR_LICENCE.note,
+            title="NV-Segment-CTMR weights",
+            offline_option="`--weights FILE` or set NV_SEGMENT_CTMR_WEIGHTS=FILE",
+            download_command="vista3d weights download --model nv-segment-ctmr",
+            hub_checksum=True,
+        ),
+    ),
+    environment="NV_SEGMENT_CTMR_WEIGHTS",
+    # configs/inference.json: 192x192x128 windows, intensities scaled between the 1st and 99th percentiles.
+    preprocessing=Preprocessing(window=(192, 192, 128), intensity=IntensityPercentiles(1, 99)),
+    labels=CTMR_LABELS,
+    caveat="Brain MR (mri-brain): the model was trained on skull-stripped T1 volumes registered to the LUMIR "
+    "template with normalised intensities (the bundle's brain_t1_preprocess). VISTA3DSlicer segments the volume "
+    "as it is: skull-strip and normalise a brain T1 first for the results the bundle reports.",
+)
+
 #: Every model by its ``--model`` value.
-MODELS: dict[str, SegmentationModel] = {model.key: model for model in (VISTA3D, NV_SEGMENT_CT)}
+MODELS: dict[str, SegmentationModel] = {model.key: model for model in (VISTA3D, NV_SEGMENT_CT, NV_SEGMENT_CTMR)}
 DEFAULT_MODEL = VISTA3D.key
 
 

@@ -47,6 +47,9 @@ class IntensityRange:
 
         return ScaleIntensityRanged(keys="image", a_min=self.a_min, a_max=self.a_max, b_min=0.0, b_max=1.0, clip=True)
 
+    def __str__(self) -> str:
+        return f"{self.a_min:.0f} to {self.a_max:.0f} HU scaled to 0..1"
+
 
 @dataclass(frozen=True)
 class IntensityPercentiles:
@@ -61,6 +64,9 @@ class IntensityPercentiles:
 
         return ScaleIntensityRangePercentilesd(keys="image", lower=self.lower, upper=self.upper, b_min=0.0, b_max=1.0,
                                                clip=True)
+
+    def __str__(self) -> str:
+        return f"percentiles {self.lower:g} to {self.upper:g} scaled to 0..1"
 
 
 @dataclass(frozen=True)

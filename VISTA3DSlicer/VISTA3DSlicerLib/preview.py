@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .atomic_write import write_atomically
 from .errors import VISTA3DError
 from .geometry import Image
+
+if TYPE_CHECKING:
+    from .labels import LabelSpace
 
 #: Soft-tissue CT window (HU) for previews: organs stay distinguishable, bone is white, air black.
 CT_WINDOW_LEVEL = 40.0
@@ -22,7 +26,8 @@ PREVIEW_LABEL_OPACITY = 0.5
 PREVIEW_PANEL_PIXELS = 400
 
 
-def write_preview_png(image: Image, labelmap: Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def write_preview_png(image: Image, labelmap: Image, path: str | os.PathLike, *, overwrite: bool = False,
+                      label_space: Optional["LabelSpace"] = None) -> Path:
     """Write a PNG of three orthogonal slices (axial, coronal, sagittal) with the labels over them.
 
     The slices go through the centre of the labelled voxels (the volume centre if none).
@@ -31,7 +36,7 @@ def write_preview_png(image: Image, labelmap: Image, path: str | os.PathLike, *,
     all views. Radiological display: axial with anterior up and the patient's right on the
     left; coronal with superior up and right on the left; sagittal with superior up and
     anterior on the left. CT is shown in a soft-tissue window; other images between their
-    1st and 99th percentiles. Labels are blended in their VISTA3D colours.
+    1st and 99th percentiles. Labels are blended in their colours in ``label_space`` (default VISTA3D's).
     """
     from PIL import Image as PILImage
     from PIL import ImageDraw
@@ -53,7 +58,7 @@ def write_preview_png(image: Image, labelmap: Image, path: str | os.PathLike, *,
     ]
     mm_per_pixel = float(max(np.asarray(volume.shape) * spacing)) / PREVIEW_PANEL_PIXELS
     low, high = _display_range(volume)
-    colours = _label_colours(np.unique(np.concatenate([view[2].ravel() for view in views])))
+    colours = _label_colours(np.unique(np.concatenate([view[2].ravel() for view in views])), label_space)
 
     panels = [
         (title, _render_view(grey, label_slice, pixel_spacing, mm_per_pixel, low, high, colours), sides)
@@ -112,9 +117,12 @@ def _display_range(volume: np.ndarray) -> tuple[float, float]:
     return float(p1), float(max(p99, p1 + 1e-6))
 
 
-def _label_colours(values: np.ndarray) -> np.ndarray:
-    """An RGB lookup table (``uint8``, one row per label value up to the largest present)."""
-    from .labels import label_info
+def _label_colours(values: np.ndarray, label_space: Optional["LabelSpace"]) -> np.ndarray:
+    """An RGB lookup table (``uint8``, one row per label value up to the largest present) from the
+    label space's colours (default VISTA3D's)."""
+    from .labels import VISTA3D_LABELS
+
+    label_info = (label_space or VISTA3D_LABELS).label_info
 
     values = values[values > 0].astype(np.int64)
     table = np.zeros((int(values.max(initial=0)) + 1, 3), dtype=np.uint8)

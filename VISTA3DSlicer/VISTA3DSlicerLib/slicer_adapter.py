@@ -20,12 +20,15 @@ the two would bend the grid, so it is refused.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .errors import VISTA3DError
 from .geometry import Image, bounding_box
+
+if TYPE_CHECKING:
+    from .labels import LabelSpace
 
 __all__ = [
     "LABEL_VALUE_TAG", "image_from_volume_node", "ijk_to_ras", "labelmap_to_segmentation", "consecutive_labels",
@@ -71,9 +74,11 @@ def image_from_volume_node(volume_node) -> Image:
     return Image(array_ijk, ijk_to_ras(volume_node))
 
 
-def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volume_node) -> list[str]:
-    """Write each label present in ``labelmap`` (VISTA3D IDs, 0 = background) into
-    ``segmentation_node`` as one segment with the label's standard name, colour and terminology.
+def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volume_node,
+                             label_space: Optional["LabelSpace"] = None) -> list[str]:
+    """Write each label present in ``labelmap`` (the model's IDs, 0 = background) into
+    ``segmentation_node`` as one segment with the label's standard name, colour and terminology
+    (from ``label_space``, default VISTA3D's).
 
     The segmentation's reference geometry is set from ``reference_volume_node``, whose grid the
     labelmap is on. A segment earlier made from the same VISTA3D label (found by its
@@ -84,8 +89,9 @@ def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volum
     """
     import slicer
 
-    from . import labels
+    from .labels import VISTA3D_LABELS
 
+    label_info = (label_space or VISTA3D_LABELS).label_info
     if labelmap.array.dtype.kind not in "iu":
         raise VISTA3DError(f"A labelmap must hold integers, not {labelmap.array.dtype}.")
     present = [int(value) for value in np.unique(labelmap.array) if value != 0]
@@ -113,7 +119,7 @@ def labelmap_to_segmentation(labelmap: Image, segmentation_node, reference_volum
     was_modifying = segmentation_node.StartModify()
     try:
         for label in present:
-            info = labels.label_info(label)
+            info = label_info(label)
             color = [channel / 255.0 for channel in info.color]
             reused = earlier.get(label, [])
             for duplicate in reused[1:]:
@@ -425,24 +431,26 @@ def export_segments(segmentation_node, reference_volume_node) -> list:
 
 
 def load_terminology_contexts() -> None:
-    """Load the extension's terminology contexts (``labels.terminology_context_paths``) into Slicer's
-    Terminologies module, unless they are loaded already, so that its terminology selector finds
-    the codes of every VISTA3D segment in the contexts their tags name."""
+    """Load the extension's terminology contexts (each label space's ``terminology_context_paths``)
+    into Slicer's Terminologies module, unless they are loaded already, so that its terminology
+    selector finds the codes of every segment in the contexts their tags name."""
     import slicer
     import vtk
 
-    from . import labels
+    from .labels import LABEL_SPACES
 
     logic = slicer.modules.terminologies.logic()
-    category_type_path, region_path = labels.terminology_context_paths()
-    if not logic.IsTerminologyContextLoaded(labels.CATEGORY_TYPE_CONTEXT):
-        if not logic.LoadTerminologyFromFile(str(category_type_path)):
-            logging.warning("Slicer could not load the VISTA3D terminology context %s", category_type_path)
-    loaded = vtk.vtkStringArray()
-    logic.GetLoadedRegionContextNames(loaded)
-    if labels.ANATOMIC_CONTEXT not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
-        if not logic.LoadRegionContextFromFile(str(region_path)):
-            logging.warning("Slicer could not load the VISTA3D region context %s", region_path)
+    for space in LABEL_SPACES:
+        category_type_path, region_path = space.terminology_context_paths()
+        category_type_context, anatomic_context = space.terminology_contexts
+        if not logic.IsTerminologyContextLoaded(category_type_context):
+            if not logic.LoadTerminologyFromFile(str(category_type_path)):
+                logging.warning("Slicer could not load the %s terminology context %s", space.title, category_type_path)
+        loaded = vtk.vtkStringArray()
+        logic.GetLoadedRegionContextNames(loaded)
+        if anatomic_context not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
+            if not logic.LoadRegionContextFromFile(str(region_path)):
+                logging.warning("Slicer could not load the %s region context %s", space.title, region_path)
 
 
 # ------------------------------------------------------------------------------ nodes the module makes

@@ -46,9 +46,12 @@ class WeightsSection:
             return
         self._shownModel = model
         described = get_model(model)
-        self.panel.ui.modelInfoLabel.text = _("{prompts}. Licence: {licence} ({url}). Commercial use: {commercial}.").format(
-            prompts=", ".join(described.prompts).capitalize(), licence=described.licence.name,
-            url=described.licence.url, commercial=described.licence.commercial_use)
+        self.panel.ui.modelInfoLabel.text = _(
+            "{classes} classes of {modalities}; {prompts}. Licence: {licence} ({url}). Commercial use: {commercial}."
+        ).format(classes=described.classes, modalities=" and ".join(described.modalities),
+                 prompts=", ".join(described.prompts), licence=described.licence.name,
+                 url=described.licence.url, commercial=described.licence.commercial_use) + (
+            f" {described.caveat}" if described.caveat else "")
         keys = [entry.model for entry in WEIGHTS_MODELS]
         self.panel.ui.weightsModelComboBox.currentIndex = keys.index(model)
 
