@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-full bench bench-gpu clean
 
-$(STAMP): pyproject.toml VISTA3DSlicer/VISTA3DSlicerLib/requirements.txt VISTA3DSlicer/VISTA3DSlicerLib/requirements-openvino.txt Testing/requirements.txt
+$(STAMP): pyproject.toml VISTA3DSlicer/VISTA3DSlicerLib/requirements.txt VISTA3DSlicer/VISTA3DSlicerLib/requirements-openvino.txt VISTA3DSlicer/VISTA3DSlicerLib/requirements-server.txt Testing/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"

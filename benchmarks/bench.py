@@ -7,6 +7,7 @@ Run from a checkout (it is not part of the installed package)::
     python benchmarks/bench.py --supervoxels 128     # SAM supervoxels of a 128³ region: time, batch, peak memory
     python benchmarks/bench.py --reference --phantom 333x333x603 --precisions fp32,bf16
                                                      # ours against the bundle's pipeline (reference_pipeline.py)
+    python benchmarks/bench.py --server http://127.0.0.1:8765   # bytes and round trips of a `vista3d serve` session
 
 Speed goals live here, never in unit tests. Without ``--weights`` the network is
 ``vista3d132`` with random weights: the time of a window does not depend on the weights'
@@ -211,6 +212,53 @@ def run_click_benchmark(
         f"{result['later_same_window']:.2f} s ({result['speedup']:.1f}x), a click in a new window "
         f"{result['new_window']:.2f} s; identical to no cache: {result['identical']}\nappended to {output}"
     )
+    return result
+
+
+def run_server_benchmark(url: str, token_file: Optional[str], input_path: Optional[str], labels: str,
+                         output: Path) -> dict:
+    """A session on a ``vista3d serve`` server: the bytes each request sends and receives, and its
+    round trip against the server's own work (the overhead of the link, the encoding and HTTP)."""
+    import platform as host
+
+    import numpy as np
+
+    from VISTA3DSlicerLib.io import read_image
+    from VISTA3DSlicerLib.remote import RemoteEngine, read_token
+
+    source = _source(input_path)
+    image = read_image(source)
+    engine = RemoteEngine(url, read_token(token_file))
+    session = engine.session(image) if engine.model.takes_clicks else None
+    if session is None:
+        raise VISTA3DError(f"The server runs {engine.model.title}, which takes no clicks: run it with a model that does.")
+    session.segment(engine.labels.automatic_prompt(labels))
+    structure = session.structure(None, np.zeros(image.shape, dtype=bool))
+    centre = [n // 2 for n in image.shape]
+    structure.add_clicks([(centre, True)])  # the first click: the session is preprocessed, a new window
+    structure.add_clicks([([centre[0] + 3, centre[1] + 3, centre[2]], True)])  # a click in the same window
+    session.close()
+    raw = image.array.nbytes
+    rows = [("volume", f"{source.name}: {'x'.join(map(str, image.shape))} voxels, {raw / 1e6:.2f} MB raw")]
+    names = {"upload": "upload (the volume, once)", "segment": f"automatic segmentation ({labels})",
+             "clicks": "click"}
+    seen: dict = {}
+    for exchange in session.exchanges:
+        seen[exchange.what] = seen.get(exchange.what, 0) + 1
+        what = names.get(exchange.what, exchange.what) + (f" #{seen[exchange.what]}" if exchange.what == "clicks" else "")
+        server = exchange.server_seconds or 0.0
+        rows.append((what, f"sent {exchange.sent / 1e3:,.1f} kB, received {exchange.received / 1e3:,.1f} kB; "
+                           f"round trip {exchange.seconds:.3f} s, server {server:.3f} s, overhead "
+                           f"{exchange.seconds - server:.3f} s"))
+    result = {"date": datetime.date.today().isoformat(), "command": _command(),
+              "machine": f"client {host.node() or 'here'} ({os.cpu_count()} cores) to {engine.device}",
+              "weights": f"the server's ({engine.model.title}, sha256 {str(engine.info.get('weights_sha256'))[:12]}...)",
+              "exchanges": [exchange.__dict__ for exchange in session.exchanges]}
+    _append_section(output, f"server round trips ({url})", result, rows,
+                    context="Bytes are request and reply bodies (Zstandard-compressed arrays, JSON); a click's "
+                            "reply is the box of voxels that changed.")
+    for measure, value in rows:
+        print(f"{measure}: {value}")
     return result
 
 
@@ -671,6 +719,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --reference: our engine runs N windows per network call (default 1)")
     parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
                         help="with --reference: what runs our engine's windows (openvino: CPU only)")
+    parser.add_argument("--server", metavar="URL",
+                        help="time a session on a `vista3d serve` server instead: bytes and round trips of an upload, "
+                        "an automatic segmentation (--labels) and two clicks; token from $VISTA3D_SERVER_TOKEN")
+    parser.add_argument("--token-file", help="with --server: a file holding the token")
     parser.add_argument("--gpu-memory", type=float, metavar="GIB",
                         help="with --reference: let each run allocate at most GIB on the GPU (e.g. 8, an 8 GB card)")
     return parser
@@ -690,7 +742,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     from VISTA3DSlicerLib.model import PRECISIONS
 
-    if args.reference:
+    if args.server:
+        run_server_benchmark(args.server, args.token_file, args.input, args.labels, Path(args.output))
+    elif args.reference:
         precisions = [p.strip() for p in (args.precisions or args.precision).split(",") if p.strip()]
         unknown = [p for p in precisions if p not in PRECISIONS]
         if unknown or not precisions:

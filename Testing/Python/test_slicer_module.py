@@ -42,7 +42,8 @@ UI_FILE = REPO / "Resources" / "UI" / "VISTA3DSlicer.ui"
 SLICER_PROVIDED = {"slicer", "qt", "ctk", "vtk"}
 #: Packages the module installs on first use: none of them may be needed to import it.
 INSTALLED_ON_DEMAND = ["torch", "monai", "SimpleITK", "nibabel", "skimage", "slicerio", "nrrd",
-                       "safetensors", "filelock", "requests", "tqdm", "PIL", "segment_anything", "psutil", "packaging"]
+                       "safetensors", "filelock", "requests", "zstandard", "tqdm", "PIL", "segment_anything", "psutil",
+                       "packaging"]
 
 
 def module_tree() -> ast.Module:

@@ -22,6 +22,8 @@ from .ct_check import MODALITY_TITLES
 from .errors import VISTA3DError
 from .model import PRECISIONS, RUNTIMES
 from .models import DEFAULT_MODEL, MODELS
+from .remote import TOKEN_VARIABLE
+from .server import DEFAULT_HOST, DEFAULT_PORT, ServerLimits
 from .weights import MODELS as WEIGHTS_MODELS
 from .progress import ProgressCallback
 
@@ -48,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except Exception as error:
         return _report_unexpected(error, args.verbose)
+    finally:
+        if getattr(args, "remote", None) is not None:
+            args.remote.close()  # the server frees this run's volumes now, not at their idle timeout
 
 
 def _never_fail_on_encoding() -> None:
@@ -85,12 +90,17 @@ def _parser() -> argparse.ArgumentParser:
 
     def choose_model(command: argparse.ArgumentParser) -> None:
         command.add_argument(
-            "--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
-            help=f"which model (default {DEFAULT_MODEL}; `vista3d models` lists them with their licences)",
+            "--model", choices=tuple(MODELS),
+            help=f"which model (default {DEFAULT_MODEL}, or the server's; `vista3d models` lists them with their "
+            "licences)",
         )
         command.add_argument(
             "--weights", help="checkpoint file (default: the model's environment variable, such as "
             "$VISTA3D_WEIGHTS, else the download)")
+        command.add_argument(
+            "--server", metavar="URL", help="run on a `vista3d serve` server (http[s]://HOST:PORT) instead of this "
+            f"computer; its token from ${TOKEN_VARIABLE} or --token-file")
+        command.add_argument("--token-file", help="a file holding the server's token (its only line)")
 
     def model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
@@ -192,6 +202,28 @@ def _parser() -> argparse.ArgumentParser:
     sam_options(zeroshot)
     zeroshot.set_defaults(run=_zeroshot, clicks=[], runtime="torch")  # clicks run in PyTorch
 
+    serve = commands.add_parser(
+        "serve", help="serve a model to Slicer and scripts on other computers (pip install 'vista3dslicer[server]')")
+    serve.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS), help=f"default {DEFAULT_MODEL}")
+    serve.add_argument("--weights", help="checkpoint file (default: the model's environment variable, else the "
+                       "download)")
+    serve.add_argument("--users", help="the users file: a line NAME TOKEN per user, read again when it changes "
+                       "(default: one made with a new token, printed once)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this "
+                       "computer only; 0.0.0.0 for every network, behind TLS)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    serve.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    serve.add_argument("--max-sessions", type=int, default=ServerLimits.max_sessions_per_user,
+                       help=f"open sessions per user (default {ServerLimits.max_sessions_per_user})")
+    serve.add_argument("--idle-timeout", type=float, default=ServerLimits.idle_timeout_s,
+                       help=f"seconds before an idle session is dropped (default {ServerLimits.idle_timeout_s:g})")
+    serve.add_argument("--max-upload-mb", type=float, default=ServerLimits.max_upload_mb,
+                       help=f"largest compressed volume taken (default {ServerLimits.max_upload_mb:g} MB)")
+    serve.add_argument("--tls-cert", help="TLS certificate (PEM), with --tls-key: serve https")
+    serve.add_argument("--tls-key", help="TLS private key (PEM)")
+    serve.set_defaults(run=_serve)
+
     labels = commands.add_parser("labels", help="print a model's label table")
     labels.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
                         help=f"whose labels (default {DEFAULT_MODEL})")
@@ -239,7 +271,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .io import write_labelmap
     from .preview import write_preview_png
 
-    model = MODELS[args.model]
+    model = _model(args)
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else None
     for path in (output, preview):
@@ -268,7 +300,7 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _click_job(args: argparse.Namespace):
     """Check the click options now (before any loading) and return what segments the image with them."""
-    model = MODELS[args.model]
+    model = _model(args)
     model.check_clicks()
     if args.labels is not None:
         raise VISTA3DError("Clicks edit one structure: give it with --label (not --labels).")
@@ -279,10 +311,8 @@ def _click_job(args: argparse.Namespace):
     def run(image, engine):
         import numpy as np
 
-        from .interactive import Session
-
         with _progress_bar(Path(args.image).name) as progress:
-            structure = Session(engine, image).structure(label)
+            structure = engine.session(image).structure(label)
             edit = structure.add_clicks(args.clicks, args.point_space, progress=progress)
         value = POINTS_ONLY_ID if label is None else label
         return image.with_array(np.where(edit.mask, value, 0).astype(np.uint8))
@@ -327,7 +357,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
-    MODELS[args.model].check_clicks()
+    _model(args).check_clicks()
     check_request(args.id, args.clicks, args.snap)
     image = _read_ct(args.image)
     sam, sam_device = _sam(args) if args.snap is not None else (None, "cpu")  # a missing SAM file fails now
@@ -380,13 +410,29 @@ def _refuse_existing(path: Optional[Path], overwrite: bool) -> None:
         raise VISTA3DError(f"{path} exists and was left as it is. Pass --overwrite to replace it.")
 
 
+def _model(args: argparse.Namespace):
+    """The model that will run: the server's with --server (asked now: a wrong model, token or URL fails
+    before anything is read), else the one chosen (default VISTA3D)."""
+    if not getattr(args, "server", None):
+        return MODELS[args.model or DEFAULT_MODEL]
+    if getattr(args, "remote", None) is None:
+        from .remote import RemoteEngine, read_token
+
+        args.remote = RemoteEngine(args.server, read_token(args.token_file), model=args.model)
+    return args.remote.model
+
+
 def _engine(args: argparse.Namespace):
     from .engine import Engine
 
-    engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision, runtime=args.runtime,
-                                 model=args.model)
+    model = _model(args)
+    if args.server:
+        engine = args.remote
+    else:
+        engine = Engine.from_weights(args.weights, device=args.device, precision=args.precision,
+                                     runtime=args.runtime, model=model.key)
     runtime = "" if args.runtime == "torch" else f", {args.runtime}"
-    print(f"{MODELS[args.model].title} on {engine.device} ({args.precision}{runtime})", file=sys.stderr)
+    print(f"{model.title} on {engine.device} ({engine.precision}{runtime})", file=sys.stderr)
     return engine
 
 
@@ -416,7 +462,7 @@ def _batch(args: argparse.Namespace) -> int:
     from .batch import StopBatch, file_cases, find_inputs, segment_cases
     from .io import read_image
 
-    model = MODELS[args.model]
+    model = _model(args)
     out_dir = Path(args.output)
     cases = file_cases(find_inputs(args.inputs), out_dir, read_image)
     model.labels.automatic_prompt(args.labels, args.modality)  # a bad prompt fails before anything loads
@@ -446,11 +492,29 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+# ------------------------------------------------------------------------------------------ serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .dependencies import require
+    from .server import serve
+
+    require("server")
+    limits = replace(ServerLimits(), max_sessions_per_user=args.max_sessions, idle_timeout_s=args.idle_timeout,
+                     max_upload_mb=args.max_upload_mb)
+    serve(model=args.model, weights=args.weights, users_path=args.users, host=args.host, port=args.port,
+          device=args.device, precision=args.precision, limits=limits, tls_cert=args.tls_cert, tls_key=args.tls_key,
+          say=lambda text: print(text, file=sys.stderr))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ labels, weights
 
 
 def _labels(args: argparse.Namespace) -> int:
-    space = MODELS[args.model].labels
+    space = MODELS[args.model or DEFAULT_MODEL].labels
     several = len(space.modalities) > 1
     print(f"{'ID':>3}  {'name':<38} {'display name':<40} use")
     for label_id, info in space.table().items():

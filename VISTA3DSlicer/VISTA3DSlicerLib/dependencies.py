@@ -1,7 +1,7 @@
 """The Python packages VISTA3D needs, and which of them are missing or at a version it cannot use.
 
 The list is ``requirements.txt`` beside this file (``requirements-openvino.txt`` for the OpenVINO
-runtime): pyproject.toml takes the package's dependencies from it, and the Slicer module, which
+runtime, ``requirements-server.txt`` for ``vista3d serve``): pyproject.toml takes the package's dependencies from it, and the Slicer module, which
 installs packages into Slicer's Python on first use, checks the installed versions against it.
 A package another extension installed at another version is reported, not taken as present.
 Only the standard library is imported at module level (Slicer imports this at start-up).
@@ -18,8 +18,8 @@ from typing import Callable, Optional
 __all__ = ["UnmetRequirement", "requirements", "unmet_requirements", "require", "install"]
 
 _FOLDER = Path(__file__).resolve().parent
-#: The requirements files: the package's own, and those of each optional runtime.
-_FILES = {None: "requirements.txt", "openvino": "requirements-openvino.txt"}
+#: The requirements files: the package's own, and those of each optional part (pyproject's extras).
+_FILES = {None: "requirements.txt", "openvino": "requirements-openvino.txt", "server": "requirements-server.txt"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def require(runtime: Optional[str] = None) -> None:
             "VISTA3D needs these Python packages, which are not installed or not at a version it can use: "
             f"{', '.join(map(str, unmet))}. Install them from the VISTA3D panel (it offers to when you run it), "
             "or in Slicer's Python console with VISTA3DSlicer.VISTA3DSlicerLogic().installDependencies() "
-            "(outside Slicer: pip install vista3dslicer)."
+            f"(outside Slicer: pip install {'vista3dslicer' if runtime is None else repr(f'vista3dslicer[{runtime}]')})."
         )
 
 

@@ -41,6 +41,8 @@ from .sliding_window import WindowGrid, stitch_in_slabs
 if TYPE_CHECKING:
     import torch
 
+    from .interactive import Session
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -229,6 +231,13 @@ class Engine:
         path = resolve(model, weights)
         logger.info("Loading the %s weights from %s onto %s", model, path, resolved)
         return cls(load_network(path, resolved), resolved, precision, runtime=runtime, model=described)
+
+    def session(self, image: Image) -> "Session":
+        """A click session on ``image`` (preprocessed now): ``interactive.Session``, as a server's
+        ``remote.RemoteEngine.session`` gives one."""
+        from .interactive import Session
+
+        return Session(self, image)
 
     def prepare_runtime(self, progress: Optional[ProgressCallback] = None) -> None:
         """Make the runtime ready now rather than in the first segmentation: OpenVINO converts the

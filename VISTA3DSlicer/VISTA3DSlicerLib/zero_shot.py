@@ -84,10 +84,8 @@ def segment_zero_shot(engine: "Engine", image: "Image", label_id: int, clicks, p
     """The mask of one zero-shot structure (``label_id`` in 133..254) from ``clicks`` (``(coordinates,
     positive)`` pairs in ``point_space``: "index" or "ras"), snapped to SAM supervoxels when ``sam``
     and ``snap_fraction`` are given."""
-    from .interactive import Session
-
     check_request(label_id, clicks, snap_fraction)
-    structure = Session(engine, image).structure(label_id, mask=np.zeros(image.shape, dtype=bool))
+    structure = engine.session(image).structure(label_id, mask=np.zeros(image.shape, dtype=bool))
     mask = structure.add_clicks(clicks, point_space, progress=progress).mask
     if sam is None or snap_fraction is None:
         return mask
