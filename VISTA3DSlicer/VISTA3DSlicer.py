@@ -54,6 +54,7 @@ from VISTA3DSlicerWidgets.dialogs import downloadAllowed, installDependencies, n
 from VISTA3DSlicerWidgets.export_section import EXPORT_FORMATS, ExportSection
 from VISTA3DSlicerWidgets.label_tree import LabelTree
 from VISTA3DSlicerWidgets.points_section import PointsSection
+from VISTA3DSlicerWidgets.server_section import ServerSection
 from VISTA3DSlicerWidgets.weights_section import WeightsSection, chosenWeights
 from VISTA3DSlicerWidgets.zero_shot_section import ZeroShotSection
 
@@ -172,6 +173,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.labelTree = LabelTree(self.ui, onTicked=self._onLabelsTicked)
         self.weights = WeightsSection(self)
+        self.server = ServerSection(self)
         self.points = PointsSection(self)
         self.zeroShot = ZeroShotSection(self, self.points)
         self.batch = BatchSection(self, self.labelTree)
@@ -402,6 +404,8 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
         self.snapFraction = 0.0
         self.model = DEFAULT_MODEL  # which of models.MODELS runs (the panel sets it from its parameter node)
         self.modality: Optional[str] = None  # a CT and MR model's "ct", "mri-body" or "mri-brain"; None: inferred
+        self.server: Optional[str] = None  # a `vista3d serve` URL to run on instead of this computer
+        self.serverToken: Optional[str] = None
         self._engines = EngineCache()  # used on the worker thread
         self._clickSession: Optional[ClickSession] = None  # read and replaced on the main thread only
         self._supervoxelNode = None
@@ -744,10 +748,18 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def _engineSettings(self, weights, device: str, precision: str, runtime: str, allowDownload: bool):
         """``EngineSettings.locate``; a click session made with other settings is dropped now, so
         that its network can be freed before the next one loads."""
-        settings, settingsOf = EngineSettings.locate(weights, device, precision, runtime, allowDownload, self.model)
+        settings, settingsOf = EngineSettings.locate(weights, device, precision, runtime, allowDownload, self.model,
+                                                     self.server, self.serverToken)
         if self._clickSession is not None and self._clickSession.settings != settings:
             self._clickSession = None
         return settings, settingsOf
+
+    def testConnection(self, url: str, token: str) -> str:
+        """What the ``vista3d serve`` server at ``url`` runs, in one line; a ``VISTA3DError`` says why not."""
+        from VISTA3DSlicerLib.remote import RemoteEngine
+
+        engine = RemoteEngine(url, token)
+        return f"{engine.model.title} on {engine.device} ({engine.precision}), vista3dslicer {engine.info.get('version')}"
 
     def dropEngine(self) -> None:
         """Let the network go (its weights were deleted, say), with the click session that holds it."""

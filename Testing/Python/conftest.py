@@ -159,3 +159,24 @@ def vista3d_module(slicer_app, monkeypatch):
     worker = VISTA3DSlicer.VISTA3DSlicerLogic._worker
     if worker is not None:
         assert worker.shutdown(timeout=60), "the worker thread did not stop"
+
+
+class RunningServer:
+    """A ``vista3d serve`` application under uvicorn on 127.0.0.1 (a free port), in a thread of the tests."""
+
+    def __init__(self, app):
+        import threading
+        import time
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

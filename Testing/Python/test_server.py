@@ -7,7 +7,6 @@ import json
 import socket
 import stat
 import threading
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -24,6 +23,7 @@ from VISTA3DSlicerLib.errors import VISTA3DError  # noqa: E402
 from VISTA3DSlicerLib.io import read_image  # noqa: E402
 from VISTA3DSlicerLib.remote import RemoteEngine  # noqa: E402
 from VISTA3DSlicerLib.server import ServerLimits, Users, create_app, new_users_file  # noqa: E402
+from conftest import RunningServer  # noqa: E402
 
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
 LIMITS = ServerLimits(max_upload_mb=2.0, max_sessions_per_user=3, idle_timeout_s=600.0)
@@ -37,22 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RunningServer:
-    def __init__(self, app):
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -472,6 +472,51 @@ def test_ctmr_segments_with_its_table_its_modality_and_refuses_clicks(logic, ct,
     assert set(segments_of(earlier)) == {"Liver", "Spleen"}  # nothing was added or changed
 
 
+def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint, network, earlier_result, tmp_path):
+    """Run on: a `vista3d serve` server (tiny network): automatic segmentation and clicks give what
+    they give here; the connection test says what the server runs, or why it cannot be reached."""
+    pytest.importorskip("fastapi", reason="the server extra is not installed")
+    from conftest import RunningServer
+
+    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib.engine import Engine
+    from VISTA3DSlicerLib.errors import VISTA3DError
+    from VISTA3DSlicerLib.server import Users, create_app
+
+    token = "a-token-for-the-slicer-tests-0123"
+    users = tmp_path / "users.txt"
+    users.write_text(f"slicer {token}\n", encoding="utf-8")
+    server = RunningServer(create_app(Engine(network), Users(users)))
+    try:
+        assert logic.testConnection(server.url, token).startswith("VISTA3D (MONAI bundle) on cpu on http://127.0.0.1")
+        with pytest.raises(VISTA3DError, match="token is not one of this server's users"):
+            logic.testConnection(server.url, "a-wrong-token-0123456789")
+        logic.server, logic.serverToken = server.url, token
+        segmentation = logic.segment(ct, "liver, spleen")  # no weights here: the server has them
+        for name, segment_id in segments_of(segmentation).items():
+            label = slicer_adapter.segment_label(segmentation, segment_id)
+            np.testing.assert_array_equal(slicer_adapter.segment_mask(segmentation, segment_id, ct),
+                                          earlier_result == label)
+        remote_result = written_segmentation(ct, earlier_result)
+        liver = segments_of(remote_result)["Liver"]
+        positive, negative = click_points(logic, ct, [(18, 20, 15)])
+        logic.updateSegmentFromPoints(ct, remote_result, liver, positive, negative)
+        remote_mask = slicer_adapter.segment_mask(remote_result, liver, ct)
+        logic.stepHistory("undo", ct, remote_result, liver)
+        np.testing.assert_array_equal(slicer_adapter.segment_mask(remote_result, liver, ct), earlier_result == 1)
+
+        logic.server = None  # the same click on this computer
+        local_result = written_segmentation(ct, earlier_result)
+        local_liver = segments_of(local_result)["Liver"]
+        logic.updateSegmentFromPoints(ct, local_result, local_liver, positive, negative, weights=checkpoint)
+        np.testing.assert_array_equal(remote_mask, slicer_adapter.segment_mask(local_result, local_liver, ct))
+        assert not np.array_equal(remote_mask, earlier_result == 1)  # the click changed something
+    finally:
+        server.stop()
+    with pytest.raises(VISTA3DError, match="did not answer or stopped mid-request"):
+        logic.testConnection(server.url, token)
+
+
 def test_the_click_session_is_installed_on_the_main_thread(logic, ct, checkpoint, vista3d_module, earlier_result):
     """Built on the worker, it becomes the Logic's only when the job's result is dispatched."""
     segmentation = written_segmentation(ct, earlier_result)

@@ -244,6 +244,12 @@ PANEL_WIDGETS = {
     "modelCollapsibleButton": "ctkCollapsibleButton",
     "modelComboBox": "QComboBox",
     "modelInfoLabel": "QLabel",
+    "modalityComboBox": "QComboBox",
+    "runOnComboBox": "QComboBox",
+    "serverUrlLineEdit": "QLineEdit",
+    "serverTokenLineEdit": "QLineEdit",
+    "testConnectionButton": "QPushButton",
+    "serverInfoLabel": "QLabel",
     "deviceComboBox": "QComboBox",
     "deviceInfoLabel": "QLabel",
     "precisionComboBox": "QComboBox",
@@ -304,7 +310,8 @@ PANEL_SECTIONS = [
     ("inputsCollapsibleButton", "Input and output", False,
      ["inputVolumeSelector", "ctWarningLabel", "outputSegmentationSelector"]),
     ("modelCollapsibleButton", "Model", False,
-     ["modelComboBox", "modelInfoLabel", "modalityComboBox", "deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
+     ["modelComboBox", "modelInfoLabel", "modalityComboBox", "runOnComboBox", "serverUrlLineEdit",
+      "serverTokenLineEdit", "testConnectionButton", "serverInfoLabel", "deviceComboBox", "deviceInfoLabel", "precisionComboBox", "runtimeComboBox", "weightsModelComboBox",
       "weightsStatusLabel", "downloadWeightsButton", "browseWeightsButton", "openWeightsFolderButton",
       "deleteWeightsButton"]),
     ("autoCollapsibleButton", "Automatic segmentation", False,
@@ -993,8 +1000,13 @@ def fill_like_the_module(panel) -> None:
     ui("ctWarningLabel").hide()  # the module shows it only for a volume that does not look like a CT
     ui("modelComboBox").setCurrentText("vista3d")
     licence = MODELS["vista3d"].licence
-    ui("modelInfoLabel").setText(f"Automatic, points, zero-shot. Licence: {licence.name} ({licence.url}). "
-                                 f"Commercial use: {licence.commercial_use}.")
+    ui("modelInfoLabel").setText(f"132 classes of CT; automatic, points, zero-shot. Licence: {licence.name} "
+                                 f"({licence.url}). Commercial use: {licence.commercial_use}.")
+    ui("modalityComboBox").setEnabled(False)  # a CT-only model: the module disables it
+    ui("runOnComboBox").setCurrentText("this computer")
+    for name in ("serverUrlLineEdit", "serverTokenLineEdit", "testConnectionButton"):
+        ui(name).setEnabled(False)  # as the module shows them when running on this computer
+    ui("serverInfoLabel").hide()
     ui("deviceComboBox").setCurrentText("auto")
     ui("deviceInfoLabel").setText("NVIDIA RTX 4090 \u00b7 21.3 GB free")
     ui("precisionComboBox").setCurrentText("fp32")
@@ -1067,6 +1079,8 @@ def assert_nothing_clipped(panel) -> None:
             assert metrics.horizontalAdvance(widget.text()) + 12 <= widget.width(), name
         elif isinstance(widget, QComboBox) and widget.currentText():
             assert metrics.horizontalAdvance(widget.currentText()) + 40 <= widget.width(), name
+        elif isinstance(widget, QLineEdit) and widget.echoMode() != QLineEdit.EchoMode.Normal:
+            continue  # a token's dots scroll like any secret: their width says nothing
         elif isinstance(widget, QLineEdit):
             text = widget.text() or widget.placeholderText()
             icons = 24 * (qt_class_name(widget) == "ctkSearchBox")
@@ -1126,11 +1140,22 @@ def fill_for_ctmr(panel) -> None:
     child(panel, "inputVolumeSelector").addNode("MR brain T1")
     child(panel, "inputVolumeSelector").setCurrentIndex(1)
     child(panel, "modelComboBox").setCurrentText(ctmr.key)
+    child(panel, "modalityComboBox").setEnabled(True)
     child(panel, "modalityComboBox").setCurrentText("mri-brain")
     child(panel, "modelInfoLabel").setText(
         f"{ctmr.classes} classes of {' and '.join(ctmr.modalities)}; {', '.join(ctmr.prompts)}. Licence: "
         f"{ctmr.licence.name} ({ctmr.licence.url}). Commercial use: {ctmr.licence.commercial_use}. {ctmr.caveat}")
     child(panel, "weightsModelComboBox").setCurrentText(ctmr.title)
+    child(panel, "runOnComboBox").setCurrentText("server")  # a laptop using the department's GPU server
+    for name in ("serverUrlLineEdit", "serverTokenLineEdit", "testConnectionButton"):
+        child(panel, name).setEnabled(True)
+    for name in ("deviceComboBox", "precisionComboBox", "runtimeComboBox"):
+        child(panel, name).setEnabled(False)
+    child(panel, "serverUrlLineEdit").setText("https://gpu01:8765")
+    child(panel, "serverTokenLineEdit").setText("a-token-of-32-characters-or-more")
+    child(panel, "serverInfoLabel").setText("Connected: NV-Segment-CTMR on cuda:0 on https://gpu01:8765 "
+                                            "(fp32), vista3dslicer 0.1.0")
+    child(panel, "serverInfoLabel").show()
     selection = LabelSelection.from_prompt("everything", space=CTMR_LABELS, modality="mri-brain")
     tree = child(panel, "labelTree")
     tree.clear()

@@ -99,6 +99,30 @@ def changed_box(before: np.ndarray, after: np.ndarray) -> Optional[tuple[slice, 
     return bounding_box(before != after)
 
 
+def click_index(image: Image, point: Sequence[float], space: PointSpace = "index") -> tuple[float, float, float]:
+    """A click (voxel index ``(i, j, k)`` or RAS mm) as a continuous voxel index of ``image``,
+    refused when it lies outside the volume: what a click means, here and on a server's client."""
+    values = np.asarray(point, dtype=np.float64).reshape(-1)
+    if values.shape != (3,) or not np.all(np.isfinite(values)):
+        raise VISTA3DError(f"A click needs three finite coordinates, got {list(point)!r}.")
+    if space == "ras":
+        # Rounded to a millionth of a voxel: the inverse affine gives 34.9999999 for voxel 35,
+        # and the window rule truncates (int(point) - 64), which would move the window by one.
+        index = np.round(image.ras_to_index(values), 6)
+    elif space == "index":
+        index = values
+    else:
+        raise VISTA3DError(f'Unknown point space {space!r}: use "index" (voxel i,j,k) or "ras" (millimetres).')
+    shape = np.asarray(image.shape)
+    if np.any(index < -0.5) or np.any(index > shape - 0.5):
+        where = "RAS (%.1f, %.1f, %.1f) mm" % tuple(values) if space == "ras" else "voxel (%g, %g, %g)" % tuple(values)
+        raise VISTA3DError(
+            f"The click at {where} is outside the volume (voxel indices 0..{shape[0] - 1}, 0..{shape[1] - 1}, "
+            f"0..{shape[2] - 1}). Click inside the image."
+        )
+    return tuple(float(v) for v in index)  # type: ignore[return-value]
+
+
 class Session:
     """One volume ready for clicks: preprocessed once; its click windows (``point_windows``) keep a
     cache of encoder features per window."""
@@ -120,25 +144,9 @@ class Session:
     # -- clicks in the user's coordinates -----------------------------------------------------------
 
     def to_index(self, point: Sequence[float], space: PointSpace = "index") -> tuple[float, float, float]:
-        """A click as a continuous voxel index ``(i, j, k)``, refused when it lies outside the volume."""
-        values = np.asarray(point, dtype=np.float64).reshape(-1)
-        if values.shape != (3,) or not np.all(np.isfinite(values)):
-            raise VISTA3DError(f"A click needs three finite coordinates, got {list(point)!r}.")
-        if space == "ras":
-            # Rounded to a millionth of a voxel: the inverse affine gives 34.9999999 for voxel 35,
-            # and the window rule truncates (int(point) - 64), which would move the window by one.
-            index = np.round(self.image.ras_to_index(values), 6)
-        elif space == "index":
-            index = values
-        else:
-            raise VISTA3DError(f'Unknown point space {space!r}: use "index" (voxel i,j,k) or "ras" (millimetres).')
-        shape = np.asarray(self.image.shape)
-        if np.any(index < -0.5) or np.any(index > shape - 0.5):
-            where = "RAS (%.1f, %.1f, %.1f) mm" % tuple(values) if space == "ras" else "voxel (%g, %g, %g)" % tuple(values)
-            raise VISTA3DError(
-                f"The click at {where} is outside the volume (voxel indices 0..{shape[0] - 1}, 0..{shape[1] - 1}, "
-                f"0..{shape[2] - 1}). Click inside the image."
-            )
+        """A click as a continuous voxel index ``(i, j, k)``, refused when it lies outside the volume
+        (``click_index``) or outside the body region the network sees."""
+        index = np.asarray(click_index(self.image, point, space))
         network = self.prepared.to_network_points(index)[0]
         if np.any(network < -0.5) or np.any(network >= np.asarray(self.prepared.spatial_shape) - 0.5):
             raise VISTA3DError(

@@ -15,7 +15,7 @@ worker thread, and writes what they return back into MRML on the main thread.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
@@ -108,10 +108,10 @@ class ClickEditor:
         return self._show(segment_id)
 
     def undo(self, segment_id: str) -> Edit:
-        return self._history_step(segment_id, Structure.undo)
+        return self._history_step(segment_id, "undo")
 
     def redo(self, segment_id: str) -> Edit:
-        return self._history_step(segment_id, Structure.redo)
+        return self._history_step(segment_id, "redo")
 
     def can_undo(self, segment_id: str) -> bool:
         return segment_id in self._structures and self._structures[segment_id].can_undo
@@ -164,11 +164,11 @@ class ClickEditor:
             self._shown[segment_id] = structure.mask.copy()
         return structure
 
-    def _history_step(self, segment_id: str, step) -> Edit:
+    def _history_step(self, segment_id: str, step: str) -> Edit:
         structure = self._structures.get(segment_id)
         if structure is None:
             raise VISTA3DError("This segment has no points to undo or redo.")
-        step(structure)
+        getattr(structure, step)()  # "undo" or "redo", of a local or a server's structure
         return self._show(segment_id)
 
     def _show(self, segment_id: str) -> Edit:
@@ -195,21 +195,28 @@ class ClickEditor:
 @dataclass(frozen=True)
 class EngineSettings:
     """What decides the network that runs: the model, its checkpoint file, the device, the precision
-    and the runtime."""
+    and the runtime; or the ``vista3d serve`` server (URL and token) that runs it instead."""
 
-    weights: Path
+    weights: Optional[Path]
     device: str
     precision: str
     runtime: str
     model: str = DEFAULT_MODEL
+    server: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)  # never in a log line
 
     @classmethod
     def locate(cls, weights: Union[str, Path, None], device: str, precision: str, runtime: str,
-               allow_download: bool, model: str = DEFAULT_MODEL
+               allow_download: bool, model: str = DEFAULT_MODEL, server: Optional[str] = None,
+               token: Optional[str] = None
                ) -> tuple[Optional["EngineSettings"], Callable[[ProgressCallback, CancelToken], "EngineSettings"]]:
         """The settings of a job: ``(settings, settings_of)``, the settings when ``model``'s checkpoint
         is here (None while it is still to be downloaded) and a function for the worker giving them,
-        downloading the checkpoint first where that is allowed (``locate_checkpoint``)."""
+        downloading the checkpoint first where that is allowed (``locate_checkpoint``). With a
+        ``server`` nothing is looked for here: the server has its weights."""
+        if server:
+            remote = cls(None, device, precision, runtime, model, server, token)
+            return remote, lambda report, cancel: remote
         path, path_of = locate_checkpoint(model, weights, allow_download)
         settings = cls(path, device, precision, runtime, model) if path is not None else None
         return settings, lambda report, cancel: settings or cls(path_of(report, cancel), device, precision, runtime,
@@ -232,14 +239,20 @@ class EngineCache:
         self._engine: Optional["Engine"] = None
 
     def get(self, settings: EngineSettings) -> "Engine":
+        """The engine for ``settings``: loaded here, or a server's (``remote.RemoteEngine``, same interface)."""
         from .engine import Engine
 
         with self._lock:
             if settings != self._settings:
                 self._settings = self._engine = None
-                self._engine = Engine.from_weights(settings.weights, device=settings.device,
-                                                   precision=settings.precision, runtime=settings.runtime,
-                                                   model=settings.model)
+                if settings.server:
+                    from .remote import RemoteEngine
+
+                    self._engine = RemoteEngine(settings.server, settings.token or "", model=settings.model)
+                else:
+                    self._engine = Engine.from_weights(settings.weights, device=settings.device,
+                                                       precision=settings.precision, runtime=settings.runtime,
+                                                       model=settings.model)
                 self._settings = settings
             return self._engine
 
@@ -273,11 +286,10 @@ def click_session_for(current: Optional[ClickSession], volume: tuple[str, int], 
     image = read_image()
 
     def make(report: ProgressCallback, cancel: CancelToken) -> ClickSession:
-        from .interactive import Session
-
         chosen = settings_of(report, cancel)
-        # The engine of automatic segmentation, whatever its runtime: clicks run its PyTorch network.
-        return ClickSession(volume, chosen, ClickEditor(Session(engines.get(chosen), image)))
+        # The engine of automatic segmentation, whatever its runtime (clicks run its PyTorch network),
+        # or the server's: its session has the same interface.
+        return ClickSession(volume, chosen, ClickEditor(engines.get(chosen).session(image)))
 
     return None, make
 

@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__, wire
 from .errors import VISTA3DError
 from .geometry import Image
-from .interactive import Click, Edit, PointSpace
+from .interactive import Click, Edit, PointSpace, click_index
 from .models import MODELS
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
 
@@ -229,6 +229,11 @@ class RemoteSession:
             labelmap[box.slices] = values
         report(progress, 1, 1, "Done")
         return self.image.with_array(labelmap)
+
+    def to_index(self, point: Sequence[float], space: PointSpace = "index") -> tuple[float, float, float]:
+        """A click as a voxel index, refused here when outside the volume (the server refuses one
+        outside the body region when it computes)."""
+        return click_index(self.image, point, space)
 
     def structure(self, label: int | str | None = None, mask: Optional[np.ndarray] = None) -> "RemoteStructure":
         """A structure to edit with clicks, as ``interactive.Session.structure``."""
