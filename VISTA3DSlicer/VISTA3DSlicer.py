@@ -249,7 +249,7 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "everything" for the modality), the modality choice, and clicks only where it takes them."""
         model = MODELS[self.logic.model]
         self.weights.showModel(model.key)
-        self.labelTree.showLabels(model.labels, self.logic.modality or self._modality)
+        self.labelTree.showLabels(model.labels, self.logic.chosenModality() or self._modality)
         self.ui.modalityComboBox.enabled = len(model.labels.modalities) > 1
         reason = "" if model.takes_clicks else _("{model} segments automatically only: choose vista3d or "
                                                  "nv-segment-ct in Model for clicks.").format(model=model.title)
@@ -321,7 +321,8 @@ class VISTA3DSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if imageData is not None:
             try:
                 choice = choose_modality(
-                    MODELS[self.logic.model], slicer_adapter.image_from_volume_node(volumeNode), self.logic.modality)
+                    MODELS[self.logic.model], slicer_adapter.image_from_volume_node(volumeNode),
+                    self.logic.chosenModality())
                 # A CT shown as CT needs no word; a non-CT, a guessed MR or brain MR's needs do.
                 self._modality = choice.modality
                 warning = choice.message if choice.warning or choice.modality != "ct" else None
@@ -484,9 +485,15 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
     def automaticPrompt(self, labelPrompt, image=None) -> list[int]:
         """The chosen model's class IDs for ``labelPrompt``; "everything" is that of the modality
         chosen, else of the one ``image`` looks like (``ct_check.choose_modality``)."""
-        model = MODELS[self.model]
-        modality = self.modality if image is None else choose_modality(model, image, self.modality).modality
+        model, modality = MODELS[self.model], self.chosenModality()
+        if image is not None and len(model.labels.modalities) > 1:  # the voxels are read only where there is a choice
+            modality = choose_modality(model, image, modality).modality
         return model.labels.automatic_prompt(labelPrompt, modality)
+
+    def chosenModality(self) -> Optional[str]:
+        """``modality`` for a model with several (None: inferred); None for a CT-only model, for which a
+        choice made for another model stays in the parameter node unused (the panel disables the box)."""
+        return self.modality if len(MODELS[self.model].labels.modalities) > 1 else None
 
     def _labelmapJob(self, weights, device: str, precision: str, runtime: str, allowDownload: bool) -> Callable:
         """The worker's part of segmenting: ``job(image, labelIds, progress, cancel)`` gives the labelmap

@@ -437,6 +437,7 @@ def test_ctmr_segments_with_its_table_its_modality_and_refuses_clicks(logic, ct,
     from VISTA3DSlicerLib.engine import Engine
     from VISTA3DSlicerLib.errors import VISTA3DError
     from VISTA3DSlicerLib.geometry import Image
+    from VISTA3DSlicerLib import labels
     from VISTA3DSlicerLib.labels import CTMR_LABELS
     from VISTA3DSlicerLib.models import NV_SEGMENT_CTMR
     import vtk
@@ -461,6 +462,9 @@ def test_ctmr_segments_with_its_table_its_modality_and_refuses_clicks(logic, ct,
         CTMR_LABELS.everything_for("ct"))  # the synthetic volume is in Hounsfield units
     logic.modality = "mri-brain"
     assert logic.automaticPrompt("everything") == list(range(214, 346))
+    logic.model = "vista3d"  # back to a CT model: the brain choice stays in the parameter node, unused
+    assert logic.automaticPrompt("everything", slicer_adapter.image_from_volume_node(ct)) == list(labels.EVERYTHING)
+    logic.model = "nv-segment-ctmr"
 
     earlier = written_segmentation(ct, earlier_result)
     liver = segments_of(earlier)["Liver"]

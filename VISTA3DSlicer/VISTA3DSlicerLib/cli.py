@@ -514,7 +514,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _labels(args: argparse.Namespace) -> int:
-    space = MODELS[args.model or DEFAULT_MODEL].labels
+    space = MODELS[args.model].labels
     several = len(space.modalities) > 1
     print(f"{'ID':>3}  {'name':<38} {'display name':<40} use")
     for label_id, info in space.table().items():

@@ -222,7 +222,6 @@ class LabelSpace:
     subclasses: Mapping[int, tuple[int, ...]] = field(default_factory=lambda: _SUBCLASSES)
     #: IDs for structures defined by clicks alone; empty for a model without clicks.
     zero_shot_ids: range = range(0)
-    _cache: dict = field(default_factory=dict, repr=False)
 
     # --------------------------------------------------------------------------- the table
 
@@ -243,11 +242,10 @@ class LabelSpace:
 
     def table(self) -> dict[int, LabelInfo]:
         """IDs 1..classes -> LabelInfo, read once from the colour table."""
-        if "table" not in self._cache:
-            self._cache["table"] = self._read_table()
-        return self._cache["table"]
+        return self._table
 
-    def _read_table(self) -> dict[int, LabelInfo]:
+    @functools.cached_property  # a frozen dataclass still takes it: it writes the instance's __dict__
+    def _table(self) -> dict[int, LabelInfo]:
         path = self.colour_table_path()
         table: dict[int, LabelInfo] = {}
         with path.open(newline="", encoding="utf-8") as file:
@@ -285,7 +283,7 @@ class LabelSpace:
             raise VISTA3DError(f"The label table {path} must list exactly the IDs 1..{self.classes}.")
         return table
 
-    @property
+    @functools.cached_property  # asked per ID of every prompt and click
     def supported(self) -> frozenset[int]:
         """The IDs the bundle's evaluator accepts as a label prompt without points."""
         return frozenset(range(1, self.classes + 1)) - frozenset(self.unsupported)
@@ -342,15 +340,14 @@ class LabelSpace:
         return (f"{trained} for trained classes or {self.zero_shot_ids.start}..{self.zero_shot_ids.stop - 1} for "
                 "zero-shot structures")
 
+    @functools.cached_property
     def _names(self) -> dict[str, int]:
         """Normalised bundle names and display names -> ID."""
-        if "names" not in self._cache:
-            names: dict[str, int] = {}
-            for info in self.table().values():
-                names[normalise_name(info.name)] = info.id
-                names.setdefault(normalise_name(info.display_name), info.id)
-            self._cache["names"] = names
-        return self._cache["names"]
+        names: dict[str, int] = {}
+        for info in self.table().values():
+            names[normalise_name(info.name)] = info.id
+            names.setdefault(normalise_name(info.display_name), info.id)
+        return names
 
     def find_label(self, name_or_id: str | int) -> int:
         """The ID of a label given by name (bundle or display name, any case, '_' as ' ') or ID."""
@@ -359,7 +356,7 @@ class LabelSpace:
             if _INTEGER.fullmatch(text):  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
                 return self.find_label(int(text))
             key = normalise_name(text)
-            names = self._names()
+            names = self._names
             if key in names:
                 return names[key]
             zero_shot = _ZERO_SHOT_NAME.fullmatch(key)

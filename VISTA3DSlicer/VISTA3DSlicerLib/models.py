@@ -177,6 +177,22 @@ VISTA3D = SegmentationModel(
     environment="VISTA3D_WEIGHTS",
 )
 
+def _nvidia_hub_source(key: str, repository: str, environment: str, licence: Licence) -> WeightsSource:
+    """The checkpoint of NVIDIA's Hugging Face repository ``nvidia/<repository>``. No commit or checksum
+    of these files could be read from here (no access to the hub when this was written), so the
+    download follows ``main`` and checks the SHA-256 the hub reports for the file."""
+    return WeightsSource(
+        name="huggingface",
+        url=f"https://huggingface.co/nvidia/{repository}/resolve/main/vista3d_pretrained_model/model.pt",
+        filename=f"{key.replace('-', '_')}_model.pt",
+        licence_note=licence.note,
+        title=f"{repository} weights",
+        offline_option=f"`--weights FILE` or set {environment}=FILE",
+        download_command=f"vista3d weights download --model {key}",
+        hub_checksum=True,
+    )
+
+
 # The same network, classes and prompts as the bundle: only what it is, its licence and its weights differ.
 NV_SEGMENT_CT = replace(
     VISTA3D,
@@ -185,20 +201,7 @@ NV_SEGMENT_CT = replace(
     summary="NVIDIA's release of the VISTA3D network and recipe (NVIDIA-Medtech/NV-Segment-CTMR): "
     "the same 127 CT structures, clicks and zero-shot, with its own weights and licence.",
     licence=_NV_SEGMENT_CT_LICENCE,
-    sources=(
-        WeightsSource(
-            name="huggingface",
-            # No commit or checksum of this file can be read from here (no access to the hub when
-            # this was written): the download checks the SHA-256 the hub reports for it.
-            url="https://huggingface.co/nvidia/NV-Segment-CT/resolve/main/vista3d_pretrained_model/model.pt",
-            filename="nv_segment_ct_model.pt",
-            licence_note=_NV_SEGMENT_CT_LICENCE.note,
-            title="NV-Segment-CT weights",
-            offline_option="`--weights FILE` or set NV_SEGMENT_CT_WEIGHTS=FILE",
-            download_command="vista3d weights download --model nv-segment-ct",
-            hub_checksum=True,
-        ),
-    ),
+    sources=(_nvidia_hub_source("nv-segment-ct", "NV-Segment-CT", "NV_SEGMENT_CT_WEIGHTS", _NV_SEGMENT_CT_LICENCE),),
     environment="NV_SEGMENT_CT_WEIGHTS",
 )
 
@@ -216,19 +219,7 @@ NV_SEGMENT_CTMR = SegmentationModel(
     modalities=("CT", "MR"),
     prompts=("automatic",),
     licence=_CTMR_LICENCE,
-    sources=(
-        WeightsSource(
-            name="huggingface",
-            # As NV-Segment-CT: no commit or checksum can be read from here; the hub's SHA-256 is checked.
-            url="https://huggingface.co/nvidia/NV-Segment-CTMR/resolve/main/vista3d_pretrained_model/model.pt",
-            filename="nv_segment_ctmr_model.pt",
-            licence_note=_CTMR_LICENCE.note,
-            title="NV-Segment-CTMR weights",
-            offline_option="`--weights FILE` or set NV_SEGMENT_CTMR_WEIGHTS=FILE",
-            download_command="vista3d weights download --model nv-segment-ctmr",
-            hub_checksum=True,
-        ),
-    ),
+    sources=(_nvidia_hub_source("nv-segment-ctmr", "NV-Segment-CTMR", "NV_SEGMENT_CTMR_WEIGHTS", _CTMR_LICENCE),),
     environment="NV_SEGMENT_CTMR_WEIGHTS",
     # configs/inference.json: 192x192x128 windows, intensities scaled between the 1st and 99th percentiles.
     preprocessing=Preprocessing(window=(192, 192, 128), intensity=IntensityPercentiles(1, 99)),

@@ -206,7 +206,7 @@ class RemoteSession:
         try:
             response = self.engine.connection.request(method, f"/v1/sessions/{self.id}{path}", **kwargs)
         except ServerError as error:
-            if error.code != "session_gone":
+            if error.code != wire.SESSION_GONE:
                 raise
             self._open()
             for structure in self._structures:

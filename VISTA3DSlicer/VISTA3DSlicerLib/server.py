@@ -51,8 +51,6 @@ T = TypeVar("T")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-#: The code of a reply about a session that is gone (expired or unknown): the client opens a new one.
-SESSION_GONE = "session_gone"
 
 
 @dataclass(frozen=True)
@@ -293,7 +291,7 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
 
     @app.exception_handler(SessionGone)
     async def gone(request: Request, error: SessionGone):
-        return JSONResponse({"detail": str(error), "code": SESSION_GONE}, status_code=410)
+        return JSONResponse({"detail": str(error), "code": wire.SESSION_GONE}, status_code=410)
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, error: Forbidden):

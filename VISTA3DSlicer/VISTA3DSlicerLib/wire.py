@@ -26,6 +26,8 @@ ARRAY_HEADER = "X-VISTA3D-Array"
 REPLY_HEADER = "X-VISTA3D-Reply"
 TOKEN_HEADER = "Authorization"
 CLIENT_HEADER = "X-VISTA3D-Client"
+#: The ``code`` of a reply about a session that is gone (expired, or the server restarted): the client opens a new one.
+SESSION_GONE = "session_gone"
 #: Voxel types a volume may have (what ITK reads medical images as); labels and masks come back as uints.
 VOLUME_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: Zstandard level 3: a CT compresses about 3x in tens of milliseconds; higher levels cost more than the link saves.
