@@ -688,22 +688,25 @@ class VISTA3DSlicerLogic(ScriptedLoadableModuleLogic):
                            waitForCompletion=True, progress=None, onDone=None, onError=None):
         """SAM supervoxels of the whole volume (``segmentId`` None) or around that segment's points;
         they are used to snap zero-shot segments and shown as an overlay. SAM's checkpoint is
-        downloaded only with ``allowDownload``. Returns their number."""
+        downloaded only with ``allowDownload``; for a session on a server its own SAM makes them and
+        nothing is loaded here. Returns their number."""
+        from VISTA3DSlicerLib.remote import RemoteSession
+
         requireDependencies()
         session = self._clickSession
         if session is None:
             raise VISTA3DError(_("Place a point on the structure first; supervoxels are computed for its volume."))
         editor = session.editor
         box = editor.snap_box(segmentId, SUPERVOXEL_MARGIN) if segmentId else None
-        samPathOf = locate_checkpoint(f"sam_{samKind}", samWeights, allowDownload)[1]
+        onServer = isinstance(editor.session, RemoteSession)  # the session's place, whatever the panel says now
+        samPathOf = None if onServer else locate_checkpoint(f"sam_{samKind}", samWeights, allowDownload)[1]
 
         def work(report, cancel):
-            from VISTA3DSlicerLib.supervoxels import compute_supervoxels
-            from VISTA3DSlicerLib.zero_shot import load_sam
+            from VISTA3DSlicerLib.zero_shot import load_sam, on_the_server, on_this_machine
 
-            sam, torchDevice = load_sam(samKind, samPathOf(report, cancel), device)
-            supervoxels = compute_supervoxels(sam, editor.session.image, box, device=torchDevice,
-                                              precision=precision, progress=report, cancel=cancel)
+            make = on_the_server if onServer else on_this_machine(
+                *load_sam(samKind, samPathOf(report, cancel), device), precision)
+            supervoxels = make(editor.session, box, progress=report, cancel=cancel)
             editor.set_supervoxels(supervoxels)
             return supervoxels
 

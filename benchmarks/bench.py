@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from VISTA3DSlicerLib.errors import VISTA3DError
-from VISTA3DSlicerLib.geometry import Image
+from VISTA3DSlicerLib.round_trips import phantom_ct
 
 if TYPE_CHECKING:
     import numpy as np
@@ -217,66 +217,31 @@ def run_click_benchmark(
 
 def run_server_benchmark(url: str, token_file: Optional[str], input_path: Optional[str], labels: str,
                          output: Path) -> dict:
-    """A session on a ``vista3d serve`` server: the bytes each request sends and receives, and its
-    round trip against the server's own work (the overhead of the link, the encoding and HTTP)."""
+    """A session on a ``vista3d serve`` server (``round_trips.measure_round_trips``): the bytes each
+    request sends and receives, and its round trip against the server's own work."""
     import platform as host
-
-    import numpy as np
 
     from VISTA3DSlicerLib.io import read_image
     from VISTA3DSlicerLib.remote import RemoteEngine, read_token
+    from VISTA3DSlicerLib.round_trips import as_records, describe, measure_round_trips
 
     source = _source(input_path)
     image = read_image(source)
     engine = RemoteEngine(url, read_token(token_file))
-    session = engine.session(image) if engine.model.takes_clicks else None
-    if session is None:
-        raise VISTA3DError(f"The server runs {engine.model.title}, which takes no clicks: run it with a model that does.")
-    session.segment(engine.labels.automatic_prompt(labels))
-    structure = session.structure(None, np.zeros(image.shape, dtype=bool))
-    centre = [n // 2 for n in image.shape]
-    structure.add_clicks([(centre, True)])  # the first click: the session is preprocessed, a new window
-    structure.add_clicks([([centre[0] + 3, centre[1] + 3, centre[2]], True)])  # a click in the same window
-    session.close()
+    exchanges = measure_round_trips(engine, image, labels)
     raw = image.array.nbytes
     rows = [("volume", f"{source.name}: {'x'.join(map(str, image.shape))} voxels, {raw / 1e6:.2f} MB raw")]
-    names = {"upload": "upload (the volume, once)", "segment": f"automatic segmentation ({labels})",
-             "clicks": "click"}
-    seen: dict = {}
-    for exchange in session.exchanges:
-        seen[exchange.what] = seen.get(exchange.what, 0) + 1
-        what = names.get(exchange.what, exchange.what) + (f" #{seen[exchange.what]}" if exchange.what == "clicks" else "")
-        server = exchange.server_seconds or 0.0
-        rows.append((what, f"sent {exchange.sent / 1e3:,.1f} kB, received {exchange.received / 1e3:,.1f} kB; "
-                           f"round trip {exchange.seconds:.3f} s, server {server:.3f} s, overhead "
-                           f"{exchange.seconds - server:.3f} s"))
+    rows += describe(exchanges, labels)
     result = {"date": datetime.date.today().isoformat(), "command": _command(),
               "machine": f"client {host.node() or 'here'} ({os.cpu_count()} cores) to {engine.device}",
               "weights": f"the server's ({engine.model.title}, sha256 {str(engine.info.get('weights_sha256'))[:12]}...)",
-              "exchanges": [exchange.__dict__ for exchange in session.exchanges]}
+              "exchanges": as_records(exchanges)}
     _append_section(output, f"server round trips ({url})", result, rows,
                     context="Bytes are request and reply bodies (Zstandard-compressed arrays, JSON); a click's "
                             "reply is the box of voxels that changed.")
     for measure, value in rows:
         print(f"{measure}: {value}")
     return result
-
-
-def phantom_ct(shape: Sequence[int], spacing: float = 1.0) -> Image:
-    """A CT-like volume of ``shape`` voxels at ``spacing`` mm: an ellipsoid body of soft tissue in
-    air, with a denser organ and a bone. Timing does not depend on the content beyond the body's
-    extent (the crop to the body)."""
-    import numpy as np
-
-    centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
-    grid = [(np.arange(n, dtype=np.float32) - c) / (n / 2) for n, c in zip(shape, centre)]
-    x, y, z = np.meshgrid(*grid, indexing="ij", sparse=True)
-    body = (x / 0.9) ** 2 + (y / 0.75) ** 2 + (z / 1.2) ** 2 <= 1
-    organ = (x - 0.3) ** 2 + (y + 0.1) ** 2 + z**2 <= 0.1
-    bone = x**2 + (y - 0.5) ** 2 <= 0.01
-    hu = np.where(body, 40.0, -1000.0) + np.where(organ & body, 60.0, 0.0) + np.where(bone & body, 660.0, 0.0)
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    return Image(hu.astype(np.float32), affine)
 
 
 def run_supervoxel_benchmark(

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import bench
-from bench import main, phantom_ct
+from bench import main
 from VISTA3DSlicerLib.errors import VISTA3DError
+from VISTA3DSlicerLib.round_trips import phantom_ct
 
 
 def test_phantom_has_the_shape_spacing_and_a_body_in_air():

@@ -57,8 +57,11 @@ def clock():
 
 
 @pytest.fixture(scope="module")
-def server(engine, users_file, clock):
-    app = create_app(engine, Users(users_file), LIMITS, weights_sha256="0" * 64, clock=clock)
+def server(engine, users_file, clock, small_sam):
+    import torch
+
+    app = create_app(engine, Users(users_file), LIMITS, weights_sha256="0" * 64, clock=clock,
+                     sam=lambda: (small_sam, torch.device("cpu")))
     running = RunningServer(app)
     running.sessions = app.state.sessions
     yield running
@@ -228,6 +231,64 @@ def test_an_expired_session_is_opened_again_by_the_client(server, engine, ct, cl
     assert first.any()
 
 
+# ------------------------------------------------------------------------------ supervoxels
+
+
+def test_supervoxels_made_by_the_server_are_the_local_ones(server, ct, small_sam):
+    from VISTA3DSlicerLib.supervoxels import compute_supervoxels
+
+    roi = (slice(10, 50), slice(10, 40), slice(5, 20))
+    session = RemoteEngine(server.url, ALICE).session(ct)
+    remote = session.supervoxels(roi, n_segments=30)
+    local = compute_supervoxels(small_sam, ct, roi, n_segments=30)
+    np.testing.assert_array_equal(remote.array, local.array)
+    assert remote.array[roi].max() > 5 and np.array_equal(remote.affine, ct.affine)
+    box_bytes = session.exchanges[-1].received
+    assert session.exchanges[-1].what == "supervoxels" and box_bytes < local.array[roi].nbytes  # the ROI, compressed
+    whole = session.supervoxels(None, n_segments=20)
+    np.testing.assert_array_equal(whole.array, compute_supervoxels(small_sam, ct, None, n_segments=20).array)
+
+
+def test_zeroshot_snapped_on_a_server_is_the_local_one(server, tmp_path, example_ct_crop, small_checkpoint, small_sam,
+                                                       monkeypatch):
+    import torch
+
+    from VISTA3DSlicerLib import cli
+
+    monkeypatch.setenv("VISTA3D_SERVER_TOKEN", ALICE)
+    monkeypatch.setattr(cli, "_sam", lambda args: (small_sam, torch.device("cpu")))  # here: the test SAM
+    clicks = ["--point", "35,30,15", "--negative-point", "12,25,14", "--snap", "0.5", "--n-segments", "40"]
+    here, there = tmp_path / "here.nii.gz", tmp_path / "there.nii.gz"
+    assert main(["zeroshot", str(example_ct_crop), "-o", str(here), *clicks, "--weights", str(small_checkpoint),
+                 "--device", "cpu"]) == 0
+    monkeypatch.setattr(cli, "_sam", None)  # on a server nothing of SAM is loaded here
+    assert main(["zeroshot", str(example_ct_crop), "-o", str(there), *clicks, "--server", server.url]) == 0
+    snapped = read_image(there).array
+    np.testing.assert_array_equal(read_image(here).array, snapped)
+    assert set(np.unique(snapped)) == {0, 133}
+
+
+def test_a_server_without_sam_says_so_and_bad_supervoxel_requests_are_refused(server, engine, users_file, ct):
+    session = upload(server, ct).json()["session"]
+    for body, says in [({"n_segments": 0}, "n_segments must be a whole number from 1 to 5000"),
+                       ({"n_segments": "many"}, "n_segments must be a whole number"),
+                       ({"box": {"start": [0, 0, 0], "shape": [500, 1, 1]}}, "does not fit the volume")]:
+        reply = post(server, f"/v1/sessions/{session}/supervoxels", json=body)
+        assert reply.status_code == 400 and says in reply.json()["detail"], reply.text
+    without = RunningServer(create_app(engine, Users(users_file), LIMITS))
+    try:
+        remote = RemoteEngine(without.url, ALICE)
+        assert remote.info["supervoxels"] is False
+        with pytest.raises(VISTA3DError, match="This server makes no supervoxels.*--sam-weights"):
+            remote.session(ct).supervoxels(None)
+        session = upload(without, ct).json()["session"]
+        reply = post(without, f"/v1/sessions/{session}/supervoxels", json={})
+        assert reply.status_code == 400 and "no SAM checkpoint" in reply.json()["detail"]
+        remote.close()
+    finally:
+        without.stop()
+
+
 # ------------------------------------------------------------------------------ bad requests
 
 
@@ -327,9 +388,23 @@ def test_the_benchmark_reports_bytes_and_round_trips_of_a_session(server, tmp_pa
     output = tmp_path / "BENCHMARKS.md"
     result = bench.run_server_benchmark(server.url, None, str(example_ct_crop), "liver", output)
     kinds = [exchange["what"] for exchange in result["exchanges"]]
-    assert kinds == ["upload", "segment", "clicks", "clicks"]
+    assert kinds == ["upload", "segment", "clicks", "clicks", "supervoxels"]
     upload, *_, click = result["exchanges"]
     assert upload["sent"] < read_image(example_ct_crop).array.nbytes  # compressed
     assert all(e["seconds"] >= e["server_seconds"] >= 0 for e in result["exchanges"])
     text = output.read_text(encoding="utf-8")
     assert "server round trips" in text and "click #2" in text and "overhead" in text
+
+
+def test_vista3d_bench_with_a_server_prints_each_request_with_its_bytes(server, capsys, monkeypatch):
+    monkeypatch.setenv("VISTA3D_SERVER_TOKEN", ALICE)
+    assert main(["bench", "--server", server.url, "--labels", "liver,spleen"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out.splitlines()
+    assert [line.split(":")[0] for line in out] == [
+        "upload (the volume, once)", "automatic segmentation (liver,spleen)", "click #1", "click #2",
+        "supervoxels around the structure"]
+    assert "volume 160x160x120 voxels, 12.3 MB raw" in printed.err  # the phantom
+    click_reply = float(out[3].split("received ")[1].split(" kB")[0].replace(",", ""))
+    assert 0 < click_reply < 160 * 160 * 120 / 1e3 / 10  # a click's reply is a box, not the volume's labels
+    assert all("round trip" in line and "overhead" in line for line in out)

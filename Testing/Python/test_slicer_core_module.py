@@ -476,13 +476,16 @@ def test_ctmr_segments_with_its_table_its_modality_and_refuses_clicks(logic, ct,
     assert set(segments_of(earlier)) == {"Liver", "Spleen"}  # nothing was added or changed
 
 
-def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint, network, earlier_result, tmp_path):
-    """Run on: a `vista3d serve` server (tiny network): automatic segmentation and clicks give what
-    they give here; the connection test says what the server runs, or why it cannot be reached."""
+def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint, network, earlier_result, tmp_path,
+                                                          small_sam, monkeypatch):
+    """Run on: a `vista3d serve` server (tiny network): automatic segmentation, clicks and supervoxels
+    give what they give here; the connection test says what the server runs, or why it cannot be reached."""
     pytest.importorskip("fastapi", reason="the server extra is not installed")
+    import slicer
+    import torch
     from conftest import RunningServer
 
-    from VISTA3DSlicerLib import slicer_adapter
+    from VISTA3DSlicerLib import slicer_adapter, supervoxels
     from VISTA3DSlicerLib.engine import Engine
     from VISTA3DSlicerLib.errors import VISTA3DError
     from VISTA3DSlicerLib.server import Users, create_app
@@ -490,7 +493,7 @@ def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint,
     token = "a-token-for-the-slicer-tests-0123"
     users = tmp_path / "users.txt"
     users.write_text(f"slicer {token}\n", encoding="utf-8")
-    server = RunningServer(create_app(Engine(network), Users(users)))
+    server = RunningServer(create_app(Engine(network), Users(users), sam=lambda: (small_sam, torch.device("cpu"))))
     try:
         assert logic.testConnection(server.url, token).startswith("VISTA3D (MONAI bundle) on cpu on http://127.0.0.1")
         with pytest.raises(VISTA3DError, match="token is not one of this server's users"):
@@ -506,6 +509,9 @@ def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint,
         positive, negative = click_points(logic, ct, [(18, 20, 15)])
         logic.updateSegmentFromPoints(ct, remote_result, liver, positive, negative)
         remote_mask = slicer_adapter.segment_mask(remote_result, liver, ct)
+        # The server's SAM: no SAM checkpoint is looked for here (there is none).
+        logic.computeSupervoxels(ct, liver, device="cpu", samWeights=None)
+        remote_supervoxels = slicer.util.arrayFromVolume(slicer.mrmlScene.GetFirstNodeByName("VISTA3D supervoxels")).copy()
         logic.stepHistory("undo", ct, remote_result, liver)
         np.testing.assert_array_equal(slicer_adapter.segment_mask(remote_result, liver, ct), earlier_result == 1)
 
@@ -515,6 +521,13 @@ def test_the_logic_runs_on_a_server_with_the_same_results(logic, ct, checkpoint,
         logic.updateSegmentFromPoints(ct, local_result, local_liver, positive, negative, weights=checkpoint)
         np.testing.assert_array_equal(remote_mask, slicer_adapter.segment_mask(local_result, local_liver, ct))
         assert not np.array_equal(remote_mask, earlier_result == 1)  # the click changed something
+        sam_path = tmp_path / "sam.pt"
+        torch.save(small_sam.state_dict(), sam_path)
+        monkeypatch.setattr(supervoxels, "build_sam", lambda kind, checkpoint, device: small_sam)
+        logic.computeSupervoxels(ct, local_liver, device="cpu", samWeights=str(sam_path))
+        local_supervoxels = slicer.util.arrayFromVolume(slicer.mrmlScene.GetFirstNodeByName("VISTA3D supervoxels"))
+        np.testing.assert_array_equal(remote_supervoxels, local_supervoxels)
+        assert remote_supervoxels.max() > 1
     finally:
         server.stop()
     with pytest.raises(VISTA3DError, match="did not answer or stopped mid-request"):

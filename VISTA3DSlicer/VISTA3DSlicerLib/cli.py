@@ -1,4 +1,4 @@
-"""The ``vista3d`` command line: segment, batch, zeroshot, supervoxels, labels, models, weights.
+"""The ``vista3d`` command line: segment, batch, zeroshot, supervoxels, serve, bench, labels, models, weights.
 
 Every failure the user can fix is a ``VISTA3DError``; it is printed as one line starting
 with ``error:`` and the command exits with status 1 (no traceback). Running out of memory and
@@ -222,7 +222,19 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"largest compressed volume taken (default {ServerLimits.max_upload_mb:g} MB)")
     serve.add_argument("--tls-cert", help="TLS certificate (PEM), with --tls-key: serve https")
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
+    serve.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"),
+                       help="SAM backbone of the supervoxels (default vit_b)")
+    serve.add_argument("--sam-weights", help="SAM checkpoint (default: $VISTA3D_SAM_WEIGHTS, else the download; "
+                                             "without one the server makes no supervoxels)")
     serve.set_defaults(run=_serve)
+
+    bench = commands.add_parser(
+        "bench", help="what a session on a server costs: bytes and round trips of an upload, a segmentation, clicks")
+    bench.add_argument("image", nargs="?", help="the volume to send (default: a 160x160x120 CT-like phantom)")
+    bench.add_argument("--server", metavar="URL", required=True, help="the `vista3d serve` server (http[s]://HOST:PORT)")
+    bench.add_argument("--token-file", help=f"a file holding the server's token (default: ${TOKEN_VARIABLE})")
+    bench.add_argument("--labels", default="liver", help="the automatic segmentation's classes (default liver)")
+    bench.set_defaults(run=_bench)
 
     labels = commands.add_parser("labels", help="print a model's label table")
     labels.add_argument("--model", default=DEFAULT_MODEL, choices=tuple(MODELS),
@@ -353,19 +365,20 @@ def _zeroshot(args: argparse.Namespace) -> int:
 
     from .io import write_labelmap
     from .labels import label_info
-    from .zero_shot import check_request, segment_zero_shot
+    from .zero_shot import check_request, on_the_server, on_this_machine, segment_zero_shot
 
     output = Path(args.output)
     _refuse_existing(output, args.overwrite)
     _model(args).check_clicks()
     check_request(args.id, args.clicks, args.snap)
     image = _read_ct(args.image)
-    sam, sam_device = _sam(args) if args.snap is not None else (None, "cpu")  # a missing SAM file fails now
+    supervoxels = None
+    if args.snap is not None:  # a missing SAM file fails now; a server uses its own SAM
+        supervoxels = on_the_server if args.server else on_this_machine(*_sam(args), args.precision)
     engine = _engine(args)
     with _progress_bar(Path(args.image).name) as progress:
-        mask = segment_zero_shot(engine, image, args.id, args.clicks, args.point_space, sam=sam, sam_device=sam_device,
-                                 snap_fraction=args.snap, precision=args.precision, n_segments=args.n_segments,
-                                 progress=progress)
+        mask = segment_zero_shot(engine, image, args.id, args.clicks, args.point_space, supervoxels=supervoxels,
+                                 snap_fraction=args.snap, n_segments=args.n_segments, progress=progress)
     write_labelmap(
         image.with_array(np.where(mask, args.id, 0).astype(np.uint8)), output, overwrite=args.overwrite,
         segments={args.id: replace(label_info(args.id), display_name=args.name)} if args.name else None,
@@ -506,7 +519,21 @@ def _serve(args: argparse.Namespace) -> int:
                      max_upload_mb=args.max_upload_mb)
     serve(model=args.model, weights=args.weights, users_path=args.users, host=args.host, port=args.port,
           device=args.device, precision=args.precision, limits=limits, tls_cert=args.tls_cert, tls_key=args.tls_key,
-          say=lambda text: print(text, file=sys.stderr))
+          sam_kind=args.sam_model, sam_weights=args.sam_weights, say=lambda text: print(text, file=sys.stderr))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """``vista3d bench --server URL``: one session's requests, with their bytes and round trips."""
+    from .remote import RemoteEngine, read_token
+    from .round_trips import describe, measure_round_trips, phantom_ct
+
+    engine = RemoteEngine(args.server, read_token(args.token_file))
+    image = _read_ct(args.image) if args.image else phantom_ct((160, 160, 120), 1.5)
+    print(f"{engine.model.title} on {engine.device}; volume {'x'.join(map(str, image.shape))} voxels, "
+          f"{image.array.nbytes / 1e6:.1f} MB raw", file=sys.stderr)
+    for what, figures in describe(measure_round_trips(engine, image, args.labels), args.labels):
+        print(f"{what}: {figures}")
     return 0
 
 

@@ -4,7 +4,7 @@
 ``RemoteEngine.session(image)`` a session whose ``structure(label, mask)`` gives structures with
 ``add_clicks``, ``set_clicks``, ``undo`` and ``redo`` returning ``interactive.Edit``s, as a local
 ``interactive.Session`` does; the command line, batch and the panel use either without knowing
-which. The volume is uploaded once per session; each reply is the box that changed.
+which. ``RemoteSession.supervoxels`` has the server's SAM make them (``zero_shot.on_the_server``). The volume is uploaded once per session; each reply is the box that changed.
 
 A session that expired on the server (or a server that restarted) is opened again by itself: the
 volume is sent again and each structure re-made from its mask before its first click and its
@@ -229,6 +229,24 @@ class RemoteSession:
             labelmap[box.slices] = values
         report(progress, 1, 1, "Done")
         return self.image.with_array(labelmap)
+
+    def supervoxels(self, roi: Optional[tuple[slice, slice, slice]] = None, *, n_segments: int = 400,
+                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Image:
+        """SAM supervoxels of the volume inside ``roi`` (None: all of it), made by the server with its
+        own SAM (``supervoxels.compute_supervoxels``): labels on the volume's grid, 0 outside ``roi``."""
+        check_cancelled(cancel)
+        report(progress, 0, 1, "Supervoxels on the server")
+        if not self.engine.info.get("supervoxels"):
+            raise VISTA3DError("This server makes no supervoxels (it has no SAM checkpoint): ask its operator to "
+                               "start it with --sam-weights, or compute them on this computer.")
+        box = wire.Box.of(roi)
+        body = {"box": None if box is None else box.to_json(), "n_segments": int(n_segments)}
+        found, values, _ = _reply(self.call("POST", "/supervoxels", json=body), self.image.shape)
+        labels = np.zeros(self.image.shape, dtype=np.int32)
+        if found is not None:
+            labels[found.slices] = values
+        report(progress, 1, 1, "Done")
+        return self.image.with_array(labels)
 
     def to_index(self, point: Sequence[float], space: PointSpace = "index") -> tuple[float, float, float]:
         """A click as a voxel index, refused here when outside the volume (the server refuses one

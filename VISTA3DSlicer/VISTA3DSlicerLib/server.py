@@ -2,7 +2,8 @@
 
 FastAPI on uvicorn. A client uploads a volume once (``wire``: Zstandard-compressed, with its
 IJK->RAS geometry) and gets a session; automatic segmentation, click structures, undo and redo
-then work on it, and each reply carries only the box of voxels that changed. The model is loaded
+and supervoxels (the server's own SAM, loaded at the first request) then work on it, and each reply
+carries only the box of voxels that changed (or the supervoxels' box). The model is loaded
 once; every network call runs on one worker thread (the engine's memory and cuDNN caches are
 per thread), and users take turns on it, so one user's large request does not hold up another's
 click for longer than one call. Sessions expire after an idle time and free their memory.
@@ -63,6 +64,7 @@ class ServerLimits:
     max_sessions: int = 32
     idle_timeout_s: float = 1800.0
     max_clicks: int = MAX_CLICKS  #: per request (and per structure)
+    max_supervoxels: int = 5000  #: ``n_segments`` of one supervoxel request (SLIC's time grows with it)
 
 
 class Users:
@@ -260,8 +262,13 @@ def _structure_fields(structure: "Structure", structure_id: int) -> dict:
 
 
 def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimits(), *,
-               weights_sha256: Optional[str] = None, clock: Callable[[], float] = time.monotonic) -> "FastAPI":
-    """The server's application around a loaded ``engine`` (run it with uvicorn, one process)."""
+               weights_sha256: Optional[str] = None, sam: Optional[Callable[[], tuple[Any, Any]]] = None,
+               clock: Callable[[], float] = time.monotonic) -> "FastAPI":
+    """The server's application around a loaded ``engine`` (run it with uvicorn, one process).
+
+    ``sam()`` returns SAM and its device (``zero_shot.load_sam``) for supervoxels; it is called on the
+    worker at the first supervoxel request and its result kept. None: this server makes no supervoxels.
+    """
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -365,9 +372,10 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
         client = request.headers.get(wire.CLIENT_HEADER, "")
         return {"protocol": wire.PROTOCOL, "version": __version__, "model": engine.model.key,
                 "weights_sha256": weights_sha256, "device": str(engine.device), "precision": engine.precision,
-                "user": owner, "client": client[:100],
+                "user": owner, "client": client[:100], "supervoxels": sam is not None,
                 "limits": {"max_upload_mb": limits.max_upload_mb, "max_voxels": limits.max_voxels,
-                           "max_clicks": limits.max_clicks, "idle_timeout_s": limits.idle_timeout_s}}
+                           "max_clicks": limits.max_clicks, "idle_timeout_s": limits.idle_timeout_s,
+                           "max_supervoxels": limits.max_supervoxels}}
 
     @app.post("/v1/sessions")
     async def open_session(request: Request, owner: str = Depends(user)) -> dict:
@@ -468,6 +476,33 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
         return _box_reply(result.mask.astype(np.uint8), result.changed, server_seconds=seconds,
                           **_structure_fields(structure, structure_id))
 
+    loaded_sam: list = []  # SAM and its device, once loaded (on the worker, like the engine)
+
+    @app.post("/v1/sessions/{session_id}/supervoxels")
+    async def supervoxels(session_id: str, request: Request, owner: str = Depends(user)):
+        from .supervoxels import N_SEGMENTS, compute_supervoxels
+
+        session = store.get(session_id, owner)
+        if sam is None:
+            raise HTTPException(400, "This server makes no supervoxels (it has no SAM checkpoint): its operator can "
+                                     "start it with --sam-weights FILE, or compute them on your computer.")
+        fields = await json_body(request)
+        n_segments = fields.get("n_segments", N_SEGMENTS)
+        if not isinstance(n_segments, int) or isinstance(n_segments, bool) or not 1 <= n_segments <= limits.max_supervoxels:
+            raise HTTPException(400, f"n_segments must be a whole number from 1 to {limits.max_supervoxels}.")
+        roi = None if fields.get("box") is None else wire.Box.from_json(fields["box"], session.image.shape).slices
+
+        def make() -> np.ndarray:
+            if not loaded_sam:
+                loaded_sam.append(sam())
+            model, device = loaded_sam[0]
+            return compute_supervoxels(model, session.image, roi, n_segments=n_segments, device=device,
+                                       precision=engine.precision).array
+
+        labels, seconds = await on_worker(owner, make)
+        whole = tuple(slice(0, n) for n in session.image.shape)
+        return _box_reply(labels, roi or whole, server_seconds=seconds)
+
     app.state.sessions = store
     return app
 
@@ -475,12 +510,14 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
 def serve(*, model: str, weights: Optional[str], users_path: Optional[str], host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, device: str = "auto", precision: str = "fp32",
           limits: ServerLimits = ServerLimits(), tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-          say: Callable[[str], None] = print) -> None:
-    """Load the model once and serve it until interrupted (``vista3d serve``)."""
+          sam_kind: str = "vit_b", sam_weights: Optional[str] = None, say: Callable[[str], None] = print) -> None:
+    """Load the model once and serve it until interrupted (``vista3d serve``). Supervoxels use SAM
+    ``sam_kind`` from ``sam_weights`` or the download cache; without either, the server makes none."""
     import uvicorn
 
     from .engine import Engine
-    from .weights import cache_dir, file_digest, resolve
+    from .weights import WeightsNotFoundError, cache_dir, file_digest, resolve
+    from .zero_shot import load_sam
 
     if bool(tls_cert) != bool(tls_key):
         raise VISTA3DError("TLS needs both --tls-cert and --tls-key.")
@@ -496,9 +533,16 @@ def serve(*, model: str, weights: Optional[str], users_path: Optional[str], host
         users = Users(Path(users_path))
     checkpoint = resolve(model, weights)
     engine = Engine.from_weights(checkpoint, device=device, precision=precision, model=model)
-    app = create_app(engine, users, limits, weights_sha256=file_digest(checkpoint, "sha256"))
+    try:
+        sam_checkpoint = resolve(f"sam_{sam_kind}", sam_weights)  # a named file that is missing fails now
+    except WeightsNotFoundError:
+        sam_checkpoint = None
+    sam = None if sam_checkpoint is None else (lambda: load_sam(sam_kind, sam_checkpoint, str(engine.device)))
+    app = create_app(engine, users, limits, weights_sha256=file_digest(checkpoint, "sha256"), sam=sam)
     scheme = "https" if tls_cert else "http"
-    say(f"{engine.model.title} on {engine.device} ({precision}); serving {scheme}://{host}:{port} "
+    supervoxels = (f"supervoxels with SAM {sam_kind}" if sam_checkpoint else
+                   f"no supervoxels (no SAM checkpoint: `vista3d weights download --model sam_{sam_kind}` or --sam-weights)")
+    say(f"{engine.model.title} on {engine.device} ({precision}), {supervoxels}; serving {scheme}://{host}:{port} "
         f"(users: {users.path}). Ctrl+C stops it.")
     uvicorn.run(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, log_level="info",
                 workers=1, timeout_keep_alive=30)

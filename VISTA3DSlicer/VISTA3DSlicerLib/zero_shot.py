@@ -3,14 +3,16 @@ SAM supervoxels (the paper's zero-shot tool). The one workflow behind ``vista3d 
 panel's click editor and the Slicer Logic's supervoxels.
 
 The pieces, in the order a user meets them: ``load_sam`` (the SAM backbone, its checkpoint found by
-``weights.resolve``), ``supervoxels_around`` (supervoxels in the box that snapping needs: the mask and
-its clicks with a margin), ``snap_to_clicks`` (whole supervoxels, those under the clicks added or
-removed by their sign), and ``segment_zero_shot``, all of them for one structure in one call.
+``weights.resolve``), a ``SupervoxelMaker`` (SAM on this machine, ``on_this_machine``, or on the
+server that holds the session's volume, ``on_the_server``), ``supervoxels_around`` (supervoxels in
+the box that snapping needs: the mask and its clicks with a margin), ``snap_to_clicks`` (whole
+supervoxels, those under the clicks added or removed by their sign), and ``segment_zero_shot``, all
+of them for one structure in one call.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,8 +26,14 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .geometry import Image
     from .interactive import Click
+    from .supervoxels import Box
 
-__all__ = ["check_request", "load_sam", "supervoxels_around", "snap_to_clicks", "segment_zero_shot"]
+__all__ = ["check_request", "load_sam", "SupervoxelMaker", "on_this_machine", "on_the_server", "supervoxels_around",
+           "snap_to_clicks", "segment_zero_shot"]
+
+#: Supervoxels of a session's volume: ``maker(session, roi, n_segments=, progress=, cancel=)`` gives
+#: an ``Image`` of labels on the volume's grid (0 outside ``roi``; ``roi`` None: the whole volume).
+SupervoxelMaker = Callable[..., "Image"]
 
 
 def check_request(label_id: int, clicks: Sequence, snap_fraction: Optional[float] = None) -> None:
@@ -53,17 +61,37 @@ def load_sam(kind: str = "vit_b", weights: Union[str, "os.PathLike", None] = Non
     return build_sam(kind, str(resolve(f"sam_{kind}", weights)), resolved), resolved
 
 
-def supervoxels_around(sam, image: "Image", mask: np.ndarray, clicks: Sequence["Click"], *,
-                       device: Union["torch.device", str] = "cpu", precision: str = "fp32",
+def on_this_machine(sam, device: Union["torch.device", str] = "cpu", precision: str = "fp32") -> SupervoxelMaker:
+    """Supervoxels made here, with ``sam`` (``load_sam``) on ``device``."""
+
+    def make(session, roi: Optional["Box"], *, n_segments: Optional[int] = None,
+             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> "Image":
+        from .supervoxels import N_SEGMENTS, compute_supervoxels
+
+        return compute_supervoxels(sam, session.image, roi, device=device, precision=precision,
+                                   n_segments=n_segments or N_SEGMENTS, progress=progress, cancel=cancel)
+
+    return make
+
+
+def on_the_server(session, roi: Optional["Box"], *, n_segments: Optional[int] = None,
+                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> "Image":
+    """Supervoxels made by the server that holds the ``remote.RemoteSession``'s volume, with its own SAM:
+    nothing is loaded here and only the ROI's labels travel."""
+    from .supervoxels import N_SEGMENTS
+
+    return session.supervoxels(roi, n_segments=n_segments or N_SEGMENTS, progress=progress, cancel=cancel)
+
+
+def supervoxels_around(make: SupervoxelMaker, session, mask: np.ndarray, clicks: Sequence["Click"], *,
                        n_segments: Optional[int] = None, progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None) -> "Image":
-    """Supervoxels of ``image`` in the box snapping needs for ``mask`` and its ``clicks`` (0 elsewhere)."""
-    from .supervoxels import N_SEGMENTS, compute_supervoxels, snap_roi
+    """Supervoxels of the ``session``'s volume in the box snapping needs for ``mask`` and its ``clicks``
+    (0 elsewhere), made by ``make``."""
+    from .supervoxels import snap_roi
 
-    return compute_supervoxels(
-        sam, image, snap_roi(mask, [click.index for click in clicks]), device=device, precision=precision,
-        n_segments=n_segments or N_SEGMENTS, progress=progress, cancel=cancel,
-    )
+    return make(session, snap_roi(mask, [click.index for click in clicks]), n_segments=n_segments,
+                progress=progress, cancel=cancel)
 
 
 def snap_to_clicks(mask: np.ndarray, supervoxels: np.ndarray, fraction: float,
@@ -78,17 +106,17 @@ def snap_to_clicks(mask: np.ndarray, supervoxels: np.ndarray, fraction: float,
 
 
 def segment_zero_shot(engine: "Engine", image: "Image", label_id: int, clicks, point_space: str = "index", *,
-                      sam=None, sam_device: Union["torch.device", str] = "cpu", snap_fraction: Optional[float] = None,
-                      precision: str = "fp32", n_segments: Optional[int] = None,
-                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
+                      supervoxels: Optional[SupervoxelMaker] = None, snap_fraction: Optional[float] = None,
+                      n_segments: Optional[int] = None, progress: Optional[ProgressCallback] = None) -> np.ndarray:
     """The mask of one zero-shot structure (``label_id`` in 133..254) from ``clicks`` (``(coordinates,
-    positive)`` pairs in ``point_space``: "index" or "ras"), snapped to SAM supervoxels when ``sam``
-    and ``snap_fraction`` are given."""
+    positive)`` pairs in ``point_space``: "index" or "ras"), snapped to the supervoxels ``supervoxels``
+    makes when it and ``snap_fraction`` are given. ``engine``: a local ``Engine`` or a ``RemoteEngine``."""
     check_request(label_id, clicks, snap_fraction)
-    structure = engine.session(image).structure(label_id, mask=np.zeros(image.shape, dtype=bool))
+    session = engine.session(image)
+    structure = session.structure(label_id, mask=np.zeros(image.shape, dtype=bool))
     mask = structure.add_clicks(clicks, point_space, progress=progress).mask
-    if sam is None or snap_fraction is None:
+    if supervoxels is None or snap_fraction is None:
         return mask
-    supervoxels = supervoxels_around(sam, image, mask, structure.clicks, device=sam_device, precision=precision,
-                                     n_segments=n_segments, progress=progress)
-    return snap_to_clicks(mask, supervoxels.array, snap_fraction, structure.clicks)
+    labels = supervoxels_around(supervoxels, session, mask, structure.clicks, n_segments=n_segments,
+                                progress=progress)
+    return snap_to_clicks(mask, labels.array, snap_fraction, structure.clicks)
