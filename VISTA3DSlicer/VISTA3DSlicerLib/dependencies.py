@@ -1,7 +1,9 @@
 """The Python packages VISTA3D needs, and which of them are missing or at a version it cannot use.
 
 The list is ``requirements.txt`` beside this file (``requirements-openvino.txt`` for the OpenVINO
-runtime, ``requirements-server.txt`` for ``vista3d serve``): pyproject.toml takes the package's dependencies from it, and the Slicer module, which
+runtime, ``requirements-server.txt`` for ``vista3d serve``, ``requirements-dicom.txt`` for DICOM SEG
+output, ``requirements-ray.txt`` for batches on Ray): pyproject.toml takes the package's dependencies
+and extras from them, and the Slicer module, which
 installs packages into Slicer's Python on first use, checks the installed versions against it.
 A package another extension installed at another version is reported, not taken as present.
 Only the standard library is imported at module level (Slicer imports this at start-up).
@@ -19,7 +21,8 @@ __all__ = ["UnmetRequirement", "requirements", "unmet_requirements", "require", 
 
 _FOLDER = Path(__file__).resolve().parent
 #: The requirements files: the package's own, and those of each optional part (pyproject's extras).
-_FILES = {None: "requirements.txt", "openvino": "requirements-openvino.txt", "server": "requirements-server.txt"}
+_FILES = {None: "requirements.txt", "openvino": "requirements-openvino.txt", "server": "requirements-server.txt",
+          "dicom": "requirements-dicom.txt", "ray": "requirements-ray.txt"}
 
 
 @dataclass(frozen=True)

@@ -125,16 +125,20 @@ def read_image(path: str | os.PathLike) -> Image:
     return image_from_sitk(sitk_image)
 
 
-def _read_dicom_series(folder: Path) -> Image:
-    """Read the DICOM series of ``folder`` with the most slices (not searching subfolders)."""
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the DICOM series ``read_image`` reads from ``folder``, in ITK's slice order; empty
+    when the folder holds none. With several series, the one with the most files (a warning names it)."""
+    return _dicom_series(folder)[0]
+
+
+def _dicom_series(folder: Path) -> tuple[list[str], list[str]]:
+    """The files of the DICOM series of ``folder`` with the most files (not searching subfolders), and
+    the files of all its series: a file in none of them is one GDCM could not read."""
     import SimpleITK as sitk
 
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
-        raise VISTA3DError(
-            f"No DICOM series found in the folder {folder}. Pass the folder that directly holds the DICOM "
-            "files of one CT series (subfolders are not searched), or a volume file such as .nii.gz."
-        )
+        return [], []
     files = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     chosen = max(series_ids, key=lambda sid: len(files[sid]))
     if len(series_ids) > 1:
@@ -144,8 +148,21 @@ def _read_dicom_series(folder: Path) -> Image:
             "Other series: %s. Put one series per folder to choose another.",
             folder, len(series_ids), chosen or "(no UID)", len(files[chosen]), others,
         )
+    return list(files[chosen]), [name for names in files.values() for name in names]
+
+
+def _read_dicom_series(folder: Path) -> Image:
+    """Read the DICOM series of ``folder`` with the most slices (not searching subfolders)."""
+    import SimpleITK as sitk
+
+    chosen, listed_files = _dicom_series(folder)
+    if not chosen:
+        raise VISTA3DError(
+            f"No DICOM series found in the folder {folder}. Pass the folder that directly holds the DICOM "
+            "files of one CT series (subfolders are not searched), or a volume file such as .nii.gz."
+        )
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[chosen])
+    reader.SetFileNames(chosen)
     reader.MetaDataDictionaryArrayUpdateOn()  # the slice positions, to describe uneven spacing
     try:
         sitk_image = reader.Execute()
@@ -161,7 +178,7 @@ def _read_dicom_series(folder: Path) -> Image:
         gaps = _slice_gaps(reader)
         spacing = sitk_image.GetSpacing()[2]
         if np.abs(gaps - spacing).max() > _SLICE_GAP_TOLERANCE * spacing:
-            listed = {Path(name).name for names in files.values() for name in names}
+            listed = {Path(name).name for name in listed_files}
             raise _uneven_slices_error(folder, gaps, spacing, listed)
     check_scalar_volume(f"The DICOM series in {folder}", sitk_image.GetDimension(), sitk_image.GetSize(),
                          sitk_image.GetNumberOfComponentsPerPixel())
