@@ -244,3 +244,36 @@ def test_importing_the_module_imports_no_heavy_package():
                             cwd=Path(__file__).resolve().parents[2] / "VISTA3DSlicer", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_batch_writes_a_dicom_seg_per_series_and_refuses_other_inputs(series, ct, tmp_path, capsys, monkeypatch):
+    """``vista3d batch --format dicom-seg``: the batch workflow's naming and summary, this writer."""
+    from VISTA3DSlicerLib import cli
+    from VISTA3DSlicerLib.batch import SUMMARY_NAME
+
+    class ThresholdEngine:  # the batch's part is tested here; the labels come from the CT's values
+        def segment(self, image, label_ids, progress=None, cancel=None):
+            return image.with_array(np.where(image.array > 100, SPLEEN, np.where(image.array > 0, LIVER, 0))
+                                    .astype(np.uint8))
+
+    monkeypatch.setattr(cli, "_engine", lambda args: ThresholdEngine())
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(series.parent), "-o", str(out), "--format", "dicom-seg", "--labels", "liver"]) == 0
+    seg_path = out / f"{series.name}.seg.dcm"
+    assert seg_path.exists() and (out / SUMMARY_NAME).exists()
+    expected = ThresholdEngine().segment(ct, None).array
+    np.testing.assert_array_equal(labelmap_from_seg(highdicom.seg.segread(seg_path), series, labels.VISTA3D_LABELS),
+                                  expected)
+    if shutil.which("dciodvfy"):
+        report = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, timeout=60)
+        assert not [line for line in (report.stdout + report.stderr).decode("utf-8", "replace").splitlines()
+                    if line.startswith("Error")]
+
+    volume = tmp_path / "volumes"
+    volume.mkdir()
+    shutil.copy(example_file("example_ct_sm.nii.gz"), volume)
+    capsys.readouterr()
+    assert cli.main(["batch", str(volume), "-o", str(tmp_path / "out2"), "--format", "dicom-seg"]) == 1
+    err = capsys.readouterr().err
+    assert "DICOM SEG output needs DICOM series inputs (folders), and 1 input(s) are not" in err
+    assert "Traceback" not in err and not (tmp_path / "out2").exists()

@@ -9,7 +9,13 @@ Two layers:
   case's labelmap there under a name of its own (``file_cases``, ``volume_cases``), holds the
   folder with a lock, skips cases whose output exists (so that a killed batch resumes where it
   stopped) and keeps ``vista3d_summary.csv`` up to date after each case. The command line gives
-  it files, the Slicer Logic loaded volumes; a GPU server or a cluster runner gives it the same.
+  it files, the Slicer Logic loaded volumes; a GPU server gives it the same.
+
+The pieces a cluster runner (``ray_batch``) shares with it, so that both name, skip, write and
+report cases the same way: ``BatchOutput`` (where and how a case is written, and whether it is
+done), ``process_case`` (read, segment, write one case), ``failure_message``, ``BatchFolder`` (the
+folder's lock and its summary), ``automatic_segmenter`` (the model loaded once, each case's own
+modality) and ``shard`` (one part of a cohort, for scheduler job arrays).
 """
 
 from __future__ import annotations
@@ -19,22 +25,26 @@ import csv
 import glob
 import logging
 import re
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Literal, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence, TypeVar
 
 from .errors import Cancelled, VISTA3DError
 from .progress import CancelToken, ProgressCallback, report
 
 if TYPE_CHECKING:
+    from .engine import Engine
     from .geometry import Image
     from .labels import LabelSpace
+    from .models import SegmentationModel
 
 __all__ = [
-    "BatchStatus", "BatchResult", "BatchReport", "run_batch", "BatchCase", "StopBatch", "find_inputs",
-    "file_cases", "volume_cases", "segment_cases", "SUMMARY_NAME", "OUTPUT_FORMATS",
+    "BatchStatus", "BatchResult", "BatchReport", "run_batch", "failure_message", "BatchCase", "StopBatch",
+    "find_inputs", "file_cases", "volume_cases", "shard", "BatchOutput", "process_case", "BatchFolder",
+    "automatic_segmenter", "segment_cases", "SUMMARY_NAME", "OUTPUT_FORMATS",
 ]
 
 _log = logging.getLogger(__name__)
@@ -54,6 +64,8 @@ class BatchResult:
     status: BatchStatus
     message: str = ""
     seconds: float = 0.0
+    #: Who did it: the host (and, on a cluster, the worker's process); empty when nothing ran.
+    worker: str = ""
 
 
 @dataclass
@@ -139,24 +151,37 @@ def run_batch(
         except Cancelled:
             cancel.cancel()  # the rest are not run either
             record(BatchResult(item_name, "not run", "cancelled", time.perf_counter() - started))
-        except VISTA3DError as error:
-            record(BatchResult(item_name, "failed", str(error), time.perf_counter() - started))
         except Exception as error:  # one broken case must not stop a night's batch; it is reported
-            _log.debug("batch item %s failed", item_name, exc_info=True)
-            record(BatchResult(item_name, "failed", f"{type(error).__name__}: {error}", time.perf_counter() - started))
+            record(BatchResult(item_name, "failed", failure_message(error, item_name), time.perf_counter() - started,
+                               THIS_HOST))
         else:
-            record(BatchResult(item_name, "done", note or "", time.perf_counter() - started))
+            record(BatchResult(item_name, "done", note or "", time.perf_counter() - started, THIS_HOST))
     return batch
+
+
+#: The summary's "worker" of a case done by this process.
+THIS_HOST = socket.gethostname() or "this computer"
+
+
+def failure_message(error: Exception, name: str) -> str:
+    """What a failed case's report says: a ``VISTA3DError``'s message (the user can act on it), else
+    "TypeName: message" with the traceback logged at debug level (the report carries the message)."""
+    if isinstance(error, VISTA3DError):
+        return str(error)
+    _log.debug("batch item %s failed", name, exc_info=error)
+    return f"{type(error).__name__}: {error}"
 
 
 # ------------------------------------------------------------------------- segmenting into a folder
 
 #: The summary of a batch in its output folder: one row per case, rewritten after each case.
 SUMMARY_NAME = "vista3d_summary.csv"
-#: Labelmap formats a batch writes (``io.write_labelmap`` chooses the writer by the ending).
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha")
-_LOCK_NAME = ".vista3d_batch.lock"
-_SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "message")
+#: Labelmap formats a batch writes (``io.write_labelmap`` chooses the writer by the ending); "dicom-seg"
+#: writes a DICOM Segmentation object per DICOM series input (``dicom_seg``).
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "mha", "dicom-seg")
+#: A format's file ending, where it is not the format's name.
+_ENDINGS = {"dicom-seg": "seg.dcm"}
+_SUMMARY_FIELDS = ("case", "input", "output", "status", "seconds", "worker", "message")
 
 
 @dataclass(frozen=True)
@@ -248,11 +273,169 @@ def _unique_names(stems: Sequence[str], qualifiers: Sequence[str]) -> list[str]:
     return names
 
 
+def shard(cases: Sequence[T], part_id: int, num_parts: int) -> list[T]:
+    """Part ``part_id`` (0 .. ``num_parts`` - 1) of ``cases``: every ``num_parts``-th case from the
+    ``part_id``-th, as nnU-Net splits its ``-num_parts``. The inputs are sorted (``find_inputs``) and
+    named before they are split, so ``num_parts`` jobs of a scheduler's array, each given its own
+    part, cover the cohort without overlap and write the outputs one batch would."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise VISTA3DError(f"--part-id {part_id} --num-parts {num_parts}: give N of 1 or more and K from 0 to N - 1 "
+                           "(Slurm: --part-id $SLURM_ARRAY_TASK_ID with --array=0-(N-1)).")
+    return list(cases[part_id::num_parts])
+
+
 def _image_extension(path: Path) -> str:
     """The image ending of ``path``'s name (``.nii.gz``), or "" (a DICOM folder)."""
     from .io import IMAGE_EXTENSIONS
 
     return next((suffix for suffix in IMAGE_EXTENSIONS if path.name.lower().endswith(suffix)), "")
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """Where and how a batch writes its cases: ``<name>.<format>`` in ``out_dir`` (and
+    ``<name>_preview.png`` with ``preview``), each written under a temporary name and renamed, so an
+    existing output always marks a finished case. ``label_space``: the model's labels (the outputs'
+    names and colours; default VISTA3D's). A cluster's workers get a copy: it holds only paths and names."""
+
+    out_dir: Path
+    output_format: str = "nii.gz"
+    overwrite: bool = False
+    preview: bool = False
+    label_space: Optional["LabelSpace"] = None
+
+    def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise VISTA3DError(
+                f"Batch output format {self.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
+
+    def path(self, case: BatchCase) -> Path:
+        return self.out_dir / f"{case.name}.{_ENDINGS.get(self.output_format, self.output_format)}"
+
+    def skip_reason(self, case: BatchCase) -> Optional[str]:
+        """Why ``case`` is not run (its output exists), or None."""
+        return "output exists (use overwrite to redo it)" if self.path(case).exists() and not self.overwrite else None
+
+    def check_inputs(self, cases: Sequence[BatchCase]) -> None:
+        """Refuse, before anything runs, inputs this format cannot be written for (DICOM SEG needs a series)."""
+        if self.output_format != "dicom-seg":
+            return
+        others = [case.source for case in cases if not Path(case.source).is_dir()]
+        if others:
+            raise VISTA3DError(
+                f"DICOM SEG output needs DICOM series inputs (folders), and {len(others)} input(s) are not: "
+                f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}. Give those another --format "
+                "(nii.gz, nrrd, seg.nrrd, mha), in a batch of their own.")
+
+    def write(self, case: BatchCase, image: "Image", labelmap: "Image") -> None:
+        """Write the case's outputs: the preview first, then the labelmap (its existence marks the case done)."""
+        from .io import write_labelmap
+        from .preview import write_preview_png
+
+        output = self.path(case)
+        if self.preview:
+            # A preview without its labelmap is a killed run's leftover, and is replaced. Once the
+            # labelmap exists (another batch on this folder finished the case meanwhile), the preview
+            # is that batch's: it is kept, and the case fails with "exists" before writing anything.
+            write_preview_png(image, labelmap, self.out_dir / f"{case.name}_preview.png",
+                              overwrite=self.overwrite or not output.exists(), label_space=self.label_space)
+        if self.output_format == "dicom-seg":
+            from .dicom_seg import write_dicom_seg
+
+            write_dicom_seg(labelmap, Path(case.source), output, label_space=self.label_space,
+                            overwrite=self.overwrite)
+        else:
+            write_labelmap(labelmap, output, overwrite=self.overwrite, label_space=self.label_space)
+
+    def leftovers(self, case: BatchCase) -> list[Path]:
+        """Temporary files of the case's writes (``atomic_write``'s ``.<name>.<hex>.tmp<ext>``): what a
+        worker killed while writing leaves. Only the batch holding the folder may delete them."""
+        names = [self.path(case).name] + ([f"{case.name}_preview.png"] if self.preview else [])
+        return [path for name in names for path in self.out_dir.glob(f".{glob.escape(name)}.*.tmp*")]
+
+
+def process_case(case: BatchCase, segment: Callable[[BatchCase, "Image", ProgressCallback, CancelToken], "Image"],
+                 output: Optional[BatchOutput], *, on_labelmap: Optional[Callable[[BatchCase, "Image"], None]] = None,
+                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> None:
+    """One case of a batch, wherever it runs: read it, ``segment`` it, hand the labelmap to
+    ``on_labelmap`` and write it with ``output``."""
+    image = case.read()
+    labelmap = segment(case, image, progress, cancel if cancel is not None else CancelToken())
+    if on_labelmap is not None:
+        on_labelmap(case, labelmap)
+    if output is not None:
+        output.write(case, image, labelmap)
+
+
+class BatchFolder:
+    """A batch's hold on its output folder: the lock (a second batch there would rewrite the summary
+    under the first) and the summary, ``summary_name``, rewritten after each case with a row per case
+    in the order of the cases. Cases skipped because their output exists keep, from the summary an
+    earlier run left, when and in how long they were done."""
+
+    def __init__(self, output: BatchOutput, cases: Sequence[BatchCase], summary_name: str = SUMMARY_NAME):
+        self.output, self.summary = output, output.out_dir / summary_name
+        # ".vista3d_batch.lock"; a part of a cohort (its own summary) has its own, so parts run at once.
+        self._lock_path = output.out_dir / f".{Path(summary_name).stem.replace('summary', 'batch')}.lock"
+        self._order = {case.name: position for position, case in enumerate(cases)}
+        self._earlier: dict[str, dict] = {}
+        self._rows: dict[str, dict] = {}
+        self._lock = None
+
+    def __enter__(self) -> "BatchFolder":
+        from filelock import FileLock, Timeout
+
+        try:
+            self.output.out_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self._lock_path))
+            lock.acquire(timeout=0)
+        except Timeout:  # an OSError too: caught first
+            raise VISTA3DError(
+                f"Another vista3d batch is writing to {self.output.out_dir}. Wait for it to finish (cases it has "
+                "done are skipped when you run this batch again), or give another output folder."
+            ) from None
+        except OSError as error:
+            raise VISTA3DError(f"Cannot write to the output folder {self.output.out_dir}: "
+                               f"{error.strerror or error}. Choose a writable folder.") from None
+        self._lock = lock
+        self._earlier = _read_summary(self.summary)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._lock.release()
+
+    def record(self, case: BatchCase, result: BatchResult) -> None:
+        """Add the case's row and rewrite the summary (atomically: a kill leaves the previous one whole)."""
+        output = self.output.path(case)
+        self._rows[case.name] = _summary_row(case, output, result, self._earlier.get(str(output)))
+        _write_summary(self.summary, [self._rows[name] for name in sorted(self._rows, key=self._order.__getitem__)])
+
+
+def automatic_segmenter(model: "SegmentationModel", labels: Optional[str], modality: Optional[str],
+                        load_engine: Callable[[], "Engine"], say: Callable[[str], None] = _log.warning,
+                        ) -> Callable[[BatchCase, "Image", ProgressCallback, CancelToken], "Image"]:
+    """The ``segment`` of a batch's automatic segmentation: ``labels`` (a prompt) of each case, as its
+    own modality (``ct_check.choose_modality``: a cohort may mix CT and MR; notes go to ``say``), with
+    the engine ``load_engine()`` gives, loaded at the first case that needs it (a batch of finished
+    cases loads nothing). A model that cannot load raises ``StopBatch``: no case could be done."""
+    from .ct_check import choose_modality
+
+    model.labels.automatic_prompt(labels, modality)  # a bad prompt fails before anything loads
+    engine: list = []
+
+    def segment(case: BatchCase, image: "Image", progress: ProgressCallback, cancel: CancelToken) -> "Image":
+        choice = choose_modality(model, image, modality)
+        if choice.message:
+            say(f"{'warning' if choice.warning else 'note'}: {case.name}: {choice.message}")
+        label_ids = model.labels.automatic_prompt(labels, choice.modality)
+        if not engine:
+            try:
+                engine.append(load_engine())
+            except Exception as error:  # a model that cannot load fails the whole batch, once
+                raise StopBatch() from error
+        return engine[0].segment(image, label_ids, progress=progress, cancel=cancel)
+
+    return segment
 
 
 def segment_cases(
@@ -268,108 +451,59 @@ def segment_cases(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     label_space: Optional["LabelSpace"] = None,
+    summary_name: str = SUMMARY_NAME,
 ) -> BatchReport:
     """Segment each case with ``segment(case, image, progress, cancel)`` (it returns the labelmap).
 
     ``on_labelmap(case, labelmap)`` receives each result (the Slicer Logic makes a segmentation of it).
-    With ``out_dir``, each labelmap is also written there as ``<name>.<output_format>`` (and
-    ``<name>_preview.png`` with ``preview``) while this batch holds the folder's lock; a case whose
-    output exists is skipped unless ``overwrite``, so that running a killed batch again finishes it;
-    and the summary (``SUMMARY_NAME``) is rewritten after each case. ``StopBatch`` from ``segment``
-    stops the batch and its cause is raised once the summary is written. ``label_space``: the model's
-    labels (names and colours of the outputs; default VISTA3D's).
+    With ``out_dir``, each labelmap is also written there (``BatchOutput``) while this batch holds the
+    folder (``BatchFolder``); a case whose output exists is skipped unless ``overwrite``, so that
+    running a killed batch again finishes it; and the summary (``summary_name``) is rewritten after
+    each case. ``StopBatch`` from ``segment`` stops the batch and its cause is raised once the summary
+    is written. ``label_space``: the model's labels (names and colours of the outputs; default VISTA3D's).
     """
-    from .io import write_labelmap
-    from .preview import write_preview_png
-
-    if output_format not in OUTPUT_FORMATS:
+    output = BatchOutput(out_dir, output_format, overwrite, preview, label_space) if out_dir is not None else None
+    if output is None and output_format not in OUTPUT_FORMATS:
         raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
-
-    def output(case: BatchCase) -> Optional[Path]:
-        return None if out_dir is None else out_dir / f"{case.name}.{output_format}"
-
-    def should_skip(case: BatchCase) -> Optional[str]:
-        exists = output(case) is not None and output(case).exists() and not overwrite
-        return "output exists (use overwrite to redo it)" if exists else None
-
+    if output is not None:
+        output.check_inputs(cases)
     stopped: list[BaseException] = []
 
     def process(case: BatchCase, case_progress: ProgressCallback, token: CancelToken) -> None:
-        image = case.read()
         try:
-            labelmap = segment(case, image, case_progress, token)
+            process_case(case, segment, output, on_labelmap=on_labelmap, progress=case_progress, cancel=token)
         except StopBatch as stop:  # no case can be done: stop here, raise the cause after the summary
             stopped.append(stop.__cause__ or stop)
             raise Cancelled() from stop
-        if on_labelmap is not None:
-            on_labelmap(case, labelmap)
-        if out_dir is None:
-            return
-        if preview:  # before the labelmap: an existing labelmap marks a finished case
-            # So a preview without its labelmap is a killed run's leftover, and is replaced. Once the
-            # labelmap exists (another batch on this folder finished the case meanwhile), the preview
-            # is that batch's: it is kept, and the case fails with "exists" before writing anything.
-            write_preview_png(image, labelmap, out_dir / f"{case.name}_preview.png",
-                              overwrite=overwrite or not output(case).exists(), label_space=label_space)
-        write_labelmap(labelmap, output(case), overwrite=overwrite, label_space=label_space)
 
     # The summary is rewritten after each case, so that a killed batch leaves one of what it finished.
     # A kill can also leave the temporary file of a write under way (".<name>.<hex>.tmp<ext>", see
     # atomic_write.write_atomically): it stays, since it may be another batch's write in progress in this
     # folder; being hidden, it is never taken for an output, nor for an input by find_inputs.
-    summary = None if out_dir is None else out_dir / SUMMARY_NAME
-    earlier: dict[str, dict] = {}  # what the summary said before this run replaces it (read under the lock)
-    rows: list[dict] = []
     remaining = iter(cases)  # the results come one per case, in the order of the cases
+    with BatchFolder(output, cases, summary_name) if output is not None else contextlib.nullcontext() as folder:
 
-    def record(result: BatchResult) -> None:
-        case = next(remaining)
-        if on_result is not None:
-            on_result(result)
-        if summary is None or (stopped and result.status == "not run"):  # nothing was done to those cases
-            return
-        rows.append(_summary_row(case, output(case), result, earlier.get(str(output(case)))))
-        _write_summary(summary, rows)
+        def record(result: BatchResult) -> None:
+            case = next(remaining)
+            if on_result is not None:
+                on_result(result)
+            if folder is not None and not (stopped and result.status == "not run"):  # nothing was done to those
+                folder.record(case, result)
 
-    with _folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
-        if summary is not None:
-            earlier.update(_read_summary(summary))
-        outcome = run_batch(cases, process, name=lambda case: case.name, should_skip=should_skip, on_result=record,
+        outcome = run_batch(cases, process, name=lambda case: case.name,
+                            should_skip=output.skip_reason if output is not None else None, on_result=record,
                             progress=progress, cancel=cancel)
     if stopped:
         raise stopped[0]
     return outcome
 
 
-@contextlib.contextmanager
-def _folder_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for this batch: a second batch there would rewrite the summary under the first."""
-    from filelock import FileLock, Timeout
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(out_dir / _LOCK_NAME))
-        lock.acquire(timeout=0)
-    except Timeout:  # an OSError too: caught first
-        raise VISTA3DError(
-            f"Another vista3d batch is writing to {out_dir}. Wait for it to finish (cases it has done are "
-            "skipped when you run this batch again), or give another output folder."
-        ) from None
-    except OSError as error:
-        raise VISTA3DError(
-            f"Cannot write to the output folder {out_dir}: {error.strerror or error}. Choose a writable folder."
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _summary_row(case: BatchCase, output: Path, result: BatchResult, earlier: Optional[dict] = None) -> dict:
     """The summary CSV's row of one case. ``earlier`` is the previous summary's row of the same output:
     a case skipped because its output exists keeps from it when the output was made, and in how long."""
-    message = result.message
+    message, worker = result.message, result.worker
     if result.status == "skipped" and earlier is not None:
+        worker = earlier.get("worker") or ""  # who made the output (summaries before this column have none)
         if earlier["status"] == "done":
             message += f"; done in an earlier run in {earlier['seconds']} s"
         elif earlier["status"] == "skipped":
@@ -380,6 +514,7 @@ def _summary_row(case: BatchCase, output: Path, result: BatchResult, earlier: Op
         "output": str(output),
         "status": result.status,
         "seconds": f"{result.seconds:.1f}",
+        "worker": worker,
         "message": message,
     }
 
@@ -395,7 +530,8 @@ def _read_summary(path: Path) -> dict[str, dict]:
             rows = list(csv.DictReader(handle))
     except (OSError, csv.Error):
         return {}
-    return {row["output"]: row for row in rows if all(row.get(field) is not None for field in _SUMMARY_FIELDS)}
+    required = [field for field in _SUMMARY_FIELDS if field != "worker"]  # added later: older summaries lack it
+    return {row["output"]: row for row in rows if all(row.get(field) is not None for field in required)}
 
 
 def _write_summary(path: Path, rows: list[dict]) -> None:

@@ -14,8 +14,9 @@ import contextlib
 import logging
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from .batch import OUTPUT_FORMATS, SUMMARY_NAME
 from .ct_check import MODALITY_TITLES
@@ -155,8 +156,21 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("inputs", help="a folder, or a glob pattern such as 'cases/*.nii.gz' (quote it)")
     batch.add_argument("-o", "--output", required=True, help="output folder")
     model_options(batch)
-    batch.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS, help="labelmap format")
+    batch.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS,
+                       help="labelmap format; dicom-seg: a DICOM SEG per DICOM series input (pip install "
+                       "'vista3dslicer[dicom]')")
     batch.add_argument("--preview", action="store_true", help="also write <case>_preview.png per case")
+    batch.add_argument("--part-id", type=int, help="with --num-parts: do part K (0..N-1) of the sorted inputs, "
+                       "e.g. a Slurm array's $SLURM_ARRAY_TASK_ID")
+    batch.add_argument("--num-parts", type=int, help="split the inputs into N parts for N independent jobs")
+    batch.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local (default): this process, case after case; ray: workers on a Ray cluster, each "
+                       "loading the model once (pip install 'vista3dslicer[ray]')")
+    batch.add_argument("--address", help="with --executor ray: the cluster (auto, ray://HOST:PORT; default: "
+                       "$RAY_ADDRESS, else a local cluster on this machine)")
+    batch.add_argument("--workers", type=int, help="with --executor ray: how many (default: one per GPU, else one)")
+    batch.add_argument("--gpus-per-worker", type=float,
+                       help="with --executor ray: GPUs per worker (default 1 on a cluster with GPUs, else 0)")
     batch.set_defaults(run=_batch)
 
     def sam_options(command: argparse.ArgumentParser) -> None:
@@ -469,40 +483,76 @@ def _progress_bar(desc: str) -> Iterator[ProgressCallback]:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    """``vista3d batch``: the batch workflow (``batch.py``) on files, with a bar per case and one for all."""
-    from tqdm import tqdm
-
-    from .batch import StopBatch, file_cases, find_inputs, segment_cases
+    """``vista3d batch``: the batch workflow (``batch.py``) on files, here (a bar per case and one for
+    all) or on a Ray cluster (``ray_batch``); all of it or one part (``--part-id/--num-parts``)."""
+    from .batch import BatchOutput, automatic_segmenter, file_cases, find_inputs, segment_cases, shard
     from .io import read_image
 
+    if (args.part_id is None) != (args.num_parts is None):
+        raise VISTA3DError("--part-id and --num-parts go together: --part-id K --num-parts N, K from 0 to N - 1.")
+    if args.executor == "ray" and args.server:
+        raise VISTA3DError("--server and --executor ray: choose one (a Ray cluster's workers load the model "
+                           "themselves).")
     model = _model(args)
     out_dir = Path(args.output)
-    cases = file_cases(find_inputs(args.inputs), out_dir, read_image)
-    model.labels.automatic_prompt(args.labels, args.modality)  # a bad prompt fails before anything loads
-    engine = None  # loaded on the first case that needs it: a batch of finished cases loads nothing
+    cases = file_cases(find_inputs(args.inputs), out_dir, read_image)  # named before the split: the same names
+    summary_name = SUMMARY_NAME
+    if args.num_parts is not None:
+        cases = shard(cases, args.part_id, args.num_parts)
+        summary_name = f"vista3d_summary_part-{args.part_id}-of-{args.num_parts}.csv"  # parts may run at once
+    output = BatchOutput(out_dir, args.format, args.overwrite, args.preview, model.labels)
+    say = partial(print, file=sys.stderr)
+    with _cases_bar(len(cases)) as on_result:
+        if args.executor == "ray":
+            report = _batch_on_ray(args, model, cases, output, summary_name, on_result, say)
+        else:
+            segment_case = automatic_segmenter(model, args.labels, args.modality, lambda: _engine(args), say)
 
-    def segment(case, image, progress, cancel):
-        nonlocal engine
-        # Each case's own modality (a cohort may mix CT and MR), said per case as for one volume.
-        label_ids = model.labels.automatic_prompt(args.labels, _modality(model, image, args.modality, case.name))
-        if engine is None:
-            try:
-                engine = _engine(args)
-            except Exception as error:  # a model that cannot load fails the whole batch, once
-                raise StopBatch() from error
-        with _progress_bar(case.name) as case_progress:  # a bar of its own, named after the case
-            return engine.segment(image, label_ids, progress=case_progress, cancel=cancel)
+            def segment(case, image, progress, cancel):
+                with _progress_bar(case.name) as case_progress:  # a bar of its own, named after the case
+                    return segment_case(case, image, case_progress, cancel)
 
-    with tqdm(total=len(cases), desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as cases_bar:
-        report = segment_cases(cases, segment, out_dir=out_dir, output_format=args.format, overwrite=args.overwrite,
-                               preview=args.preview, on_result=lambda result: cases_bar.update(),
-                               label_space=model.labels)
+            report = segment_cases(cases, segment, out_dir=out_dir, output_format=args.format,
+                                   overwrite=args.overwrite, preview=args.preview, on_result=on_result,
+                                   label_space=model.labels, summary_name=summary_name)
     counts = {status: len(report.with_status(status)) for status in ("done", "skipped", "failed")}
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-          f"summary: {out_dir / SUMMARY_NAME}")
+          f"summary: {out_dir / summary_name}")
     for result in report.with_status("failed"):
         print(f"  failed: {result.name}: {result.message}", file=sys.stderr)
     return 1 if counts["failed"] else 0
+
+
+def _batch_on_ray(args: argparse.Namespace, model, cases, output, summary_name: str, on_result, say):
+    from .ray_batch import EngineRecipe, RayOptions, run_on_ray
+
+    # The workers may run elsewhere: a weights file named here travels as an absolute path (shared storage).
+    weights = str(Path(args.weights).resolve()) if args.weights else None
+    recipe = EngineRecipe(model.key, weights, args.device, args.precision, args.runtime, args.labels, args.modality)
+    return run_on_ray(cases, recipe, output, RayOptions(args.address, args.workers, args.gpus_per_worker),
+                      summary_name=summary_name, on_result=on_result, say=say)
+
+
+@contextlib.contextmanager
+def _cases_bar(total: int) -> Iterator[Callable]:
+    """One bar over a batch's cases, with cases per minute and the failures so far; yields the
+    ``on_result`` that moves it."""
+    import time
+
+    from tqdm import tqdm
+
+    started, done, failed = time.perf_counter(), 0, 0
+    with tqdm(total=total, desc="Cases", unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def on_result(result) -> None:
+            nonlocal done, failed
+            done += result.status == "done"
+            failed += result.status == "failed"
+            minutes = (time.perf_counter() - started) / 60
+            bar.set_postfix_str(f"{done / minutes if minutes else 0:.1f} cases/min, {failed} failed", refresh=False)
+            bar.update()
+
+        yield on_result
 
 
 # ------------------------------------------------------------------------------------------ serve
