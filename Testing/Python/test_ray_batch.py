@@ -106,9 +106,12 @@ def test_a_worker_killed_mid_case_loses_no_case_and_leaves_no_partial_output(
     cases = file_cases(find_inputs(str(cohort)), out, read_image)
     output = BatchOutput(out, label_space=VISTA3D_LABELS)
     killed: list[str] = []
+    broken_on: list[str] = []  # the workers the unreadable file was tried on
 
     def kill_the_first(case, worker: str) -> None:
-        if not killed and case.name != "broken":
+        if case.name == "broken":
+            broken_on.append(worker)
+        elif not killed:
             killed.append(case.name)
             out.mkdir(exist_ok=True)
             # What a worker killed while writing leaves: the hidden temporary file of its write.
@@ -119,9 +122,37 @@ def test_a_worker_killed_mid_case_loses_no_case_and_leaves_no_partial_output(
     report = run_on_ray(cases, recipe, output, RayOptions(workers=2), on_start=kill_the_first, say=lambda text: None)
     names = [f"case{number}" for number in range(len(CROPS))]
     assert killed and killed[0] in names
+    assert len(broken_on) == 2 and broken_on[0] != broken_on[1]  # tried once more, on another worker
     assert {result.name: result.status for result in report.results} == {"broken": "failed", **dict.fromkeys(names, "done")}
     assert leftovers(out) == []
     assert_same_labels(local_result, out, names)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_the_finished_cases(ray_cluster, cohort, small_checkpoint, tmp_path):
+    from VISTA3DSlicerLib.ray_batch import EngineRecipe, RayOptions, run_on_ray
+
+    out = tmp_path / "interrupted"
+    cases = file_cases(find_inputs(str(cohort)), out, read_image)
+    workers: list[str] = []
+
+    def interrupt_after_the_first(result) -> None:  # Ctrl-C as the first case is recorded
+        if result.status == "done":
+            raise KeyboardInterrupt
+
+    recipe = EngineRecipe("vista3d", str(small_checkpoint), "cpu", labels="liver,spleen")
+    with pytest.raises(KeyboardInterrupt):
+        run_on_ray(cases, recipe, BatchOutput(out, label_space=VISTA3D_LABELS), RayOptions(workers=2),
+                   on_result=interrupt_after_the_first, on_start=lambda case, worker: workers.append(worker),
+                   say=lambda text: None)
+    rows = summary_rows(out)
+    done = [name for name, row in rows.items() if row["status"] == "done"]
+    assert len(done) == 1 and set(rows) == {case.name for case in cases}
+    assert all(row["status"] == "not run" and row["message"] == "cancelled" for name, row in rows.items()
+               if name not in done)
+    assert {path.name for path in out.glob("*.nii.gz")} == {f"{done[0]}.nii.gz"} and leftovers(out) == []
+    for worker in set(workers):  # stopped: their names are free again
+        with pytest.raises(ValueError):
+            ray_cluster.get_actor(worker)
 
 
 def test_a_model_that_cannot_load_stops_the_ray_batch_with_its_reason(ray_cluster, cohort, tmp_path, capsys):

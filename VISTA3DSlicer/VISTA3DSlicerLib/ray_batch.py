@@ -196,10 +196,11 @@ class _Dispatcher:
         stop: Optional[str] = None
         try:
             while running or (queue and stop is None):
-                while queue and idle and stop is None:
-                    case, attempt = queue.popleft()
-                    index = next((i for i in idle if i not in failed_on.get(case.name, ())), idle[0])
-                    idle.remove(index)
+                while idle and stop is None:
+                    assigned = self._assign(queue, idle, failed_on)
+                    if assigned is None:
+                        break
+                    case, attempt, index = assigned
                     reference = self.workers[index].run.remote(case.name, str(Path(case.source).absolute()))
                     running[reference] = (case, attempt, index, time.perf_counter())
                     if self.on_start is not None:
@@ -232,6 +233,20 @@ class _Dispatcher:
         self._stop_workers()
         if stop is not None:
             raise VISTA3DError(f"The model could not be loaded on the Ray workers: {stop}")
+
+    def _assign(self, queue: deque, idle: list[int], failed_on: dict[str, set[int]]):
+        """The first queued case an idle worker may take, and that worker (taken off the queue and the
+        idle list), or None. A case that failed goes to a worker it has not failed on: it waits for one
+        when they are busy, and takes any when there is no other (a run with one worker)."""
+        for position, (case, attempt) in enumerate(queue):
+            avoid = failed_on.get(case.name, set())
+            fresh = [index for index in idle if index not in avoid]
+            if fresh or len(avoid) >= len(self.workers):
+                index = (fresh or idle)[0]
+                del queue[position]
+                idle.remove(index)
+                return case, attempt, index
+        return None
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
