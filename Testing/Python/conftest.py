@@ -25,6 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 EXAMPLE_DIR = REPO.parent / "shared" / "data" / "totalsegmentator-example"
 
 
+def pretend_not_installed(monkeypatch, distribution: str) -> None:
+    """Make ``dependencies`` see ``distribution`` as not installed (an optional extra left out)."""
+    from VISTA3DSlicerLib import dependencies
+
+    metadata = dependencies.importlib.metadata
+    real_version = metadata.version
+
+    def version(name: str) -> str:
+        if name == distribution:
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+
+
 def example_file(name: str) -> Path:
     """A file of the shared example data; the test is skipped when the data are not beside the checkout."""
     path = EXAMPLE_DIR / name

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import example_file
+from conftest import example_file, pretend_not_installed
 from VISTA3DSlicerLib import io, labels
 from VISTA3DSlicerLib.dicom_seg import source_series_files, write_dicom_seg
 from VISTA3DSlicerLib.errors import VISTA3DError
@@ -223,16 +223,7 @@ def test_ctmr_labels_above_255(tmp_path, series, ct):
 
 
 def test_without_highdicom_the_error_says_how_to_install_it(tmp_path, series, labelmap, monkeypatch):
-    from VISTA3DSlicerLib import dependencies
-
-    real_version = dependencies.importlib.metadata.version
-
-    def version(name: str) -> str:  # as if highdicom were not installed
-        if name == "highdicom":
-            raise dependencies.importlib.metadata.PackageNotFoundError(name)
-        return real_version(name)
-
-    monkeypatch.setattr(dependencies.importlib.metadata, "version", version)
+    pretend_not_installed(monkeypatch, "highdicom")
     with pytest.raises(VISTA3DError, match=r"highdicom>=0.22 \(not installed\).*pip install 'vista3dslicer\[dicom\]'"):
         write_dicom_seg(labelmap, series, tmp_path / "seg.dcm")
 

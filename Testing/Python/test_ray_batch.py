@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import pretend_not_installed
 from VISTA3DSlicerLib.batch import BatchOutput, file_cases, find_inputs, shard
 from VISTA3DSlicerLib.cli import main
 from VISTA3DSlicerLib.errors import VISTA3DError
@@ -198,16 +199,7 @@ def test_parts_of_a_cohort_write_what_one_batch_writes(cohort, tmp_path, capsys,
 
 
 def test_without_ray_the_executor_says_how_to_install_it(cohort, tmp_path, capsys, monkeypatch):
-    from VISTA3DSlicerLib import dependencies
-
-    real_version = dependencies.importlib.metadata.version
-
-    def version(name: str) -> str:  # as if ray were not installed
-        if name == "ray":
-            raise dependencies.importlib.metadata.PackageNotFoundError(name)
-        return real_version(name)
-
-    monkeypatch.setattr(dependencies.importlib.metadata, "version", version)
+    pretend_not_installed(monkeypatch, "ray")
     assert main(["batch", str(cohort), "-o", str(tmp_path / "out"), "--executor", "ray"]) == 1
     err = capsys.readouterr().err
     assert "ray>=2.9 (not installed)" in err and "pip install 'vista3dslicer[ray]'" in err
