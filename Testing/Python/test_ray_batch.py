@@ -5,6 +5,7 @@ design and a small cohort with one unreadable file, against the local batch; and
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,22 @@ def test_a_model_that_cannot_load_stops_the_ray_batch_with_its_reason(ray_cluste
     err = capsys.readouterr().err
     assert code == 1 and "The model could not be loaded on the Ray workers" in err and str(missing) in err
     assert "Traceback" not in err and not list(out.glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"workers": 0}, "--workers must be 1 or more"),
+    ({"gpus_per_worker": 1}, "Each worker asks for 1 GPU(s) and the Ray cluster has 0: pass --gpus-per-worker 0"),
+])
+def test_worker_counts_the_cluster_cannot_give_are_refused(ray_cluster, cohort, small_checkpoint, tmp_path, options,
+                                                           says):
+    from VISTA3DSlicerLib.ray_batch import EngineRecipe, RayOptions, run_on_ray
+
+    out = tmp_path / "refused"
+    cases = file_cases(find_inputs(str(cohort)), out, read_image)
+    with pytest.raises(VISTA3DError, match=re.escape(says)):
+        run_on_ray(cases, EngineRecipe("vista3d", str(small_checkpoint), "cpu"), BatchOutput(out),
+                   RayOptions(**options), say=lambda text: None)
+    assert not list(out.glob("*.nii.gz"))
 
 
 def test_shards_are_disjoint_and_cover_the_sorted_inputs():

@@ -109,6 +109,17 @@ def _import_ray() -> "ray":
     return ray
 
 
+def _start(ray, address: Optional[str]) -> None:
+    """Join the cluster at ``address`` (None: ``RAY_ADDRESS``, else a new local one), saying what to do when it fails."""
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:  # what ray.init raises for a cluster it cannot use
+        where = f"at {address}" if address else "(RAY_ADDRESS, or a new local one)"
+        raise VISTA3DError(f"Could not start or join the Ray cluster {where}: {error}. Check that the cluster runs "
+                           "(`ray status` on its head node) and the address; leave --address out to start one on "
+                           "this machine.") from None
+
+
 def run_on_ray(
     cases: Sequence[BatchCase],
     recipe: EngineRecipe,
@@ -147,7 +158,7 @@ def run_on_ray(
         if pending:
             started_here = not ray.is_initialized()
             if started_here:
-                ray.init(address=options.address, include_dashboard=False, configure_logging=False)
+                _start(ray, options.address)
             try:
                 _Dispatcher(ray, recipe, output, options, len(pending), record, on_start, say).run(pending)
             finally:
@@ -168,7 +179,9 @@ class _Dispatcher:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1 if gpus else 0)
-        count = options.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
+        count = options.workers
+        if count is None:  # one per GPU, or one on a cluster without GPUs
+            count = max(1, int(gpus // per_worker)) if per_worker else 1
         if count < 1 or per_worker < 0:
             raise VISTA3DError("--workers must be 1 or more and --gpus-per-worker 0 or more.")
         if per_worker > gpus:
