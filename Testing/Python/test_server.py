@@ -231,6 +231,38 @@ def test_an_expired_session_is_opened_again_by_the_client(server, engine, ct, cl
     assert first.any()
 
 
+# ------------------------------------------------------------------------------ progress, cancel
+
+
+def test_the_progress_of_a_server_computation_reaches_the_caller_on_its_thread(server, engine, ct, monkeypatch):
+    from VISTA3DSlicerLib import remote
+
+    monkeypatch.setattr(remote, "POLL_SECONDS", 0.05)
+    reports = []
+    labels = RemoteEngine(server.url, ALICE).segment(
+        ct, [1, 3], progress=lambda done, total, message: reports.append((done, total, message, threading.get_ident())))
+    np.testing.assert_array_equal(labels.array, engine.segment(ct, [1, 3]).array)
+    assert any(total > 1 and "indow" in message for _done, total, message, _thread in reports), reports  # the windows
+    assert {thread for *_, thread in reports} == {threading.get_ident()}
+
+
+def test_cancel_stops_a_server_computation_and_the_server_goes_on(server, ct, monkeypatch):
+    from VISTA3DSlicerLib import remote
+    from VISTA3DSlicerLib.errors import Cancelled
+    from VISTA3DSlicerLib.progress import CancelToken
+
+    monkeypatch.setattr(remote, "POLL_SECONDS", 0.05)
+    remote_engine, token = RemoteEngine(server.url, ALICE), CancelToken()
+    session = remote_engine.session(ct)
+    with pytest.raises(Cancelled):  # cancelled at the first news of the server's work
+        session.segment([1, 3], progress=lambda *report: token.cancel(), cancel=token)
+    state = get(server, f"/v1/sessions/{session.id}/progress", ALICE).json()
+    assert state["running"] == 0  # nothing left running or queued for it
+    assert session.segment([1]).array.any()  # the same session serves the next request
+    other = get(server, f"/v1/sessions/{session.id}/progress", BOB)
+    assert other.status_code == 403  # another user's session: not even its progress
+
+
 # ------------------------------------------------------------------------------ supervoxels
 
 

@@ -6,6 +6,10 @@
 ``interactive.Session`` does; the command line, batch and the panel use either without knowing
 which. ``RemoteSession.supervoxels`` has the server's SAM make them (``zero_shot.on_the_server``). The volume is uploaded once per session; each reply is the box that changed.
 
+While the server works on a request, the client asks for its progress every ``POLL_SECONDS`` and
+hands it to the caller's ``progress`` callback (on the caller's thread, as the local engine does);
+a ``CancelToken`` set meanwhile cancels the request on the server, which stops at its next step.
+
 A session that expired on the server (or a server that restarted) is opened again by itself: the
 volume is sent again and each structure re-made from its mask before its first click and its
 clicks (its undo history starts again there). Every failure is one ``VISTA3DError`` saying what to
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -24,7 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import __version__, wire
-from .errors import VISTA3DError
+from .errors import Cancelled, VISTA3DError
 from .geometry import Image
 from .interactive import Click, Edit, PointSpace, click_index
 from .models import MODELS
@@ -33,6 +38,8 @@ from .progress import CancelToken, ProgressCallback, check_cancelled, report
 TOKEN_VARIABLE = "VISTA3D_SERVER_TOKEN"
 #: The protocol this client speaks (the server says its own in /v1/info).
 CLIENT_PROTOCOL = wire.PROTOCOL
+#: How often the progress of a request under way is asked for.
+POLL_SECONDS = 0.5
 
 
 class ServerError(VISTA3DError):
@@ -65,10 +72,14 @@ class _Connection:
     def __init__(self, url: str, token: str, timeout: float):
         import requests
 
-        self.url, self.timeout = url.rstrip("/"), timeout
+        self.url, self.timeout, self._token = url.rstrip("/"), timeout, token
         self.http = requests.Session()
         self.http.headers.update({wire.TOKEN_HEADER: f"Bearer {token}",
                                   wire.CLIENT_HEADER: f"vista3dslicer {__version__} protocol {CLIENT_PROTOCOL}"})
+
+    def another(self, timeout: float) -> "_Connection":
+        """A connection of its own to the same server (a requests session is not shared between threads)."""
+        return _Connection(self.url, self._token, timeout)
 
     def request(self, method: str, path: str, **kwargs: Any):
         import requests
@@ -147,6 +158,8 @@ class RemoteEngine:
         self.precision = self.info.get("precision")
         self._last: Optional[tuple[Image, RemoteSession]] = None
         self._opened: list[RemoteSession] = []
+        #: Progress and cancel requests, sent while ``connection`` waits for a reply.
+        self.watcher = self.connection.another(timeout=30.0)
 
     def session(self, image: Image) -> "RemoteSession":
         """A session on ``image`` (uploaded now), for clicks as ``interactive.Session``."""
@@ -200,6 +213,35 @@ class RemoteSession:
         self.exchanges.append(Exchange("upload", len(body), len(reply.content), time.perf_counter() - started,
                                        fields.get("server_seconds")))
 
+    def watched(self, method: str, path: str, progress: Optional[ProgressCallback],
+                cancel: Optional[CancelToken], **kwargs: Any):
+        """``call``, sent from a helper thread while this one hands the server's progress to ``progress``
+        and, once ``cancel`` is set, asks the server to cancel (the reply is then ``Cancelled``)."""
+        check_cancelled(cancel)
+        if progress is None and cancel is None:
+            return self.call(method, path, **kwargs)
+        cancelling = False
+        with ThreadPoolExecutor(1, thread_name_prefix="vista3d-request") as pool:
+            reply = pool.submit(self.call, method, path, **kwargs)
+            while True:
+                try:
+                    return reply.result(timeout=POLL_SECONDS)
+                except ServerError as error:
+                    if error.code == wire.CANCELLED:
+                        raise Cancelled() from None
+                    raise
+                except TimeoutError:
+                    pass
+                try:
+                    if cancel is not None and cancel.cancelled and not cancelling:
+                        self.engine.watcher.request("POST", f"/v1/sessions/{self.id}/cancel")
+                        cancelling = True
+                    if progress is not None and not cancelling:
+                        state = self.engine.watcher.request("GET", f"/v1/sessions/{self.id}/progress").json()
+                        report(progress, int(state["done"]), int(state["total"]), str(state["message"]))
+                except (VISTA3DError, KeyError, ValueError):
+                    pass  # progress is a courtesy: the reply, or its error, is what counts
+
     def call(self, method: str, path: str, **kwargs: Any):
         """A request on this session; a session gone from the server is opened again, once."""
         started = time.perf_counter()
@@ -220,10 +262,10 @@ class RemoteSession:
 
     def segment(self, label_ids=None, *, progress: Optional[ProgressCallback] = None,
                 cancel: Optional[CancelToken] = None) -> Image:
-        check_cancelled(cancel)
         report(progress, 0, 1, "Segmenting on the server")
         labels = None if label_ids is None else (label_ids if isinstance(label_ids, str) else list(label_ids))
-        box, values, _ = _reply(self.call("POST", "/segment", json={"labels": labels}), self.image.shape)
+        box, values, _ = _reply(self.watched("POST", "/segment", progress, cancel, json={"labels": labels}),
+                                self.image.shape)
         labelmap = np.zeros(self.image.shape, dtype=self.labels.labelmap_dtype)
         if box is not None:
             labelmap[box.slices] = values
@@ -234,14 +276,13 @@ class RemoteSession:
                     progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Image:
         """SAM supervoxels of the volume inside ``roi`` (None: all of it), made by the server with its
         own SAM (``supervoxels.compute_supervoxels``): labels on the volume's grid, 0 outside ``roi``."""
-        check_cancelled(cancel)
         report(progress, 0, 1, "Supervoxels on the server")
         if not self.engine.info.get("supervoxels"):
             raise VISTA3DError("This server makes no supervoxels (it has no SAM checkpoint): ask its operator to "
                                "start it with --sam-weights, or compute them on this computer.")
         box = wire.Box.of(roi)
         body = {"box": None if box is None else box.to_json(), "n_segments": int(n_segments)}
-        found, values, _ = _reply(self.call("POST", "/supervoxels", json=body), self.image.shape)
+        found, values, _ = _reply(self.watched("POST", "/supervoxels", progress, cancel, json=body), self.image.shape)
         labels = np.zeros(self.image.shape, dtype=np.int32)
         if found is not None:
             labels[found.slices] = values
@@ -322,17 +363,15 @@ class RemoteStructure:
         """Add ``(point, positive)`` clicks: one computation on the server, one undo step."""
         if not clicks:
             raise VISTA3DError("No clicks were given.")
-        check_cancelled(cancel)
         given = [[*map(float, point), bool(positive)] for point, positive in clicks]
-        return self._edit(self.session.call("POST", f"/structures/{self.id}/clicks",
-                                            json={"clicks": given, "space": space}))
+        return self._edit(self.session.watched("POST", f"/structures/{self.id}/clicks", progress, cancel,
+                                               json={"clicks": given, "space": space}))
 
     def set_clicks(self, clicks: Sequence[Click], *, progress: Optional[ProgressCallback] = None,
                    cancel: Optional[CancelToken] = None) -> Edit:
-        check_cancelled(cancel)
         given = [[*map(float, click.index), bool(click.positive)] for click in clicks]
-        return self._edit(self.session.call("POST", f"/structures/{self.id}/clicks",
-                                            json={"clicks": given, "space": "index", "replace": True}))
+        return self._edit(self.session.watched("POST", f"/structures/{self.id}/clicks", progress, cancel,
+                                               json={"clicks": given, "space": "index", "replace": True}))
 
     def undo(self) -> Edit:
         return self._edit(self.session.call("POST", f"/structures/{self.id}/undo"))

@@ -3,7 +3,8 @@
 FastAPI on uvicorn. A client uploads a volume once (``wire``: Zstandard-compressed, with its
 IJK->RAS geometry) and gets a session; automatic segmentation, click structures, undo and redo
 and supervoxels (the server's own SAM, loaded at the first request) then work on it, and each reply
-carries only the box of voxels that changed (or the supervoxels' box). The model is loaded
+carries only the box of voxels that changed (or the supervoxels' box); while one works, the client may ask for
+its progress and cancel it. The model is loaded
 once; every network call runs on one worker thread (the engine's memory and cuDNN caches are
 per thread), and users take turns on it, so one user's large request does not hold up another's
 click for longer than one call. Sessions expire after an idle time and free their memory.
@@ -36,9 +37,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 import numpy as np
 
 from . import wire
-from .errors import VISTA3DError
+from .errors import Cancelled, VISTA3DError
 from .geometry import Image
 from .interactive import MAX_CLICKS
+from .progress import CancelToken
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -179,6 +181,13 @@ class HostedSession:
     last_used: float
     clicks: "Optional[Session]" = None  # preprocessed on the first structure
     structures: "dict[int, Structure]" = field(default_factory=dict)
+    #: The last progress its work reported (done, total, message), for ``GET .../progress``.
+    progress: tuple[int, int, str] = (0, 0, "")
+    #: The tokens of its requests queued or running: ``POST .../cancel`` sets them.
+    jobs: "list[CancelToken]" = field(default_factory=list)
+
+    def report(self, done: int, total: int, message: str) -> None:
+        self.progress = (done, total, message)
 
 
 class SessionGone(VISTA3DError):
@@ -308,6 +317,10 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
     async def too_many(request: Request, error: TooMany):
         return JSONResponse({"detail": str(error)}, status_code=429)
 
+    @app.exception_handler(Cancelled)
+    async def cancelled(request: Request, error: Cancelled):
+        return JSONResponse({"detail": str(error), "code": wire.CANCELLED}, status_code=409)
+
     @app.exception_handler(VISTA3DError)
     async def refused(request: Request, error: VISTA3DError):  # the user can fix it: one clear message
         return JSONResponse({"detail": str(error)}, status_code=400)
@@ -338,6 +351,17 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
             return function(), time.perf_counter() - started
 
         return await asyncio.wrap_future(worker.submit(owner, timed))
+
+    async def session_job(session: HostedSession, function: Callable[[CancelToken], T]) -> tuple[T, float]:
+        """``function(cancel)`` on the worker for ``session``: it reports to ``session.report`` and stops
+        (``Cancelled``) at its next step once ``POST .../cancel`` sets ``cancel``."""
+        token = CancelToken()
+        session.jobs.append(token)
+        session.report(0, 0, "Waiting for the server's worker")
+        try:
+            return await on_worker(session.owner, lambda: function(token))
+        finally:
+            session.jobs.remove(token)
 
     async def body_within_limit(request: Request) -> bytes:
         limit = int(limits.max_upload_mb * 1e6)
@@ -397,7 +421,8 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
         labels = (await json_body(request)).get("labels")
         if labels is not None and not isinstance(labels, (str, list)):
             raise HTTPException(400, "labels must be a prompt string, a list of names and IDs, or null.")
-        labelmap, seconds = await on_worker(owner, lambda: engine.segment(session.image, labels).array)
+        labelmap, seconds = await session_job(session, lambda cancel: engine.segment(
+            session.image, labels, progress=session.report, cancel=cancel).array)
         return _box_reply(labelmap, bounding_box(labelmap > 0), server_seconds=seconds)
 
     def click_session(session: HostedSession) -> "Session":
@@ -454,15 +479,15 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
         except (TypeError, ValueError):
             raise HTTPException(400, "A click is three numbers and true or false.") from None
 
-        def edit():
+        def edit(cancel: CancelToken):
             from .interactive import Click
 
             if fields.get("replace"):
                 return structure.set_clicks([Click(session.clicks.to_index(point, space), positive)
-                                             for point, positive in points])
-            return structure.add_clicks(points, space)
+                                             for point, positive in points], progress=session.report, cancel=cancel)
+            return structure.add_clicks(points, space, progress=session.report, cancel=cancel)
 
-        result, seconds = await on_worker(owner, edit)
+        result, seconds = await session_job(session, edit)
         return _box_reply(result.mask.astype(np.uint8), result.changed, server_seconds=seconds,
                           **_structure_fields(structure, structure_id))
 
@@ -475,6 +500,19 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
         result, seconds = await on_worker(owner, getattr(structure, step))
         return _box_reply(result.mask.astype(np.uint8), result.changed, server_seconds=seconds,
                           **_structure_fields(structure, structure_id))
+
+    @app.get("/v1/sessions/{session_id}/progress")
+    async def progress(session_id: str, owner: str = Depends(user)) -> dict:
+        session = store.get(session_id, owner)
+        done, total, message = session.progress
+        return {"done": done, "total": total, "message": message, "running": len(session.jobs)}
+
+    @app.post("/v1/sessions/{session_id}/cancel")
+    async def cancel(session_id: str, owner: str = Depends(user)) -> dict:
+        session = store.get(session_id, owner)
+        for token in session.jobs:
+            token.cancel()
+        return {"cancelled": len(session.jobs)}
 
     loaded_sam: list = []  # SAM and its device, once loaded (on the worker, like the engine)
 
@@ -492,14 +530,15 @@ def create_app(engine: "Engine", users: Users, limits: ServerLimits = ServerLimi
             raise HTTPException(400, f"n_segments must be a whole number from 1 to {limits.max_supervoxels}.")
         roi = None if fields.get("box") is None else wire.Box.from_json(fields["box"], session.image.shape).slices
 
-        def make() -> np.ndarray:
+        def make(cancel: CancelToken) -> np.ndarray:
             if not loaded_sam:
+                session.report(0, 0, "Loading SAM")
                 loaded_sam.append(sam())
             model, device = loaded_sam[0]
             return compute_supervoxels(model, session.image, roi, n_segments=n_segments, device=device,
-                                       precision=engine.precision).array
+                                       precision=engine.precision, progress=session.report, cancel=cancel).array
 
-        labels, seconds = await on_worker(owner, make)
+        labels, seconds = await session_job(session, make)
         whole = tuple(slice(0, n) for n in session.image.shape)
         return _box_reply(labels, roi or whole, server_seconds=seconds)
 

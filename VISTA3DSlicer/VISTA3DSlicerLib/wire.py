@@ -28,6 +28,8 @@ TOKEN_HEADER = "Authorization"
 CLIENT_HEADER = "X-VISTA3D-Client"
 #: The ``code`` of a reply about a session that is gone (expired, or the server restarted): the client opens a new one.
 SESSION_GONE = "session_gone"
+#: The ``code`` of a reply about a request its client cancelled (``POST .../cancel``).
+CANCELLED = "cancelled"
 #: Voxel types a volume may have (what ITK reads medical images as); labels and masks come back as uints.
 VOLUME_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: Zstandard level 3: a CT compresses about 3x in tens of milliseconds; higher levels cost more than the link saves.
