@@ -41,10 +41,12 @@ class ZeroShotSection:
         with reportingErrors(_("Could not compute supervoxels."), waitCursor=False):
             installDependencies(panel.logic)
             samWeights = chosenWeights("sam_vit_b")
+            # On a server its own SAM makes them: nothing to download here.
+            missing = None if panel.logic.server else panel.logic.missingWeights(samWeights, "sam_vit_b")
             panel.runningJob = panel.logic.computeSupervoxels(
                 parameters.inputVolume, None if parameters.supervoxelsWholeVolume else self.points.targetSegmentId(),
                 device=parameters.device, precision=parameters.precision, samWeights=samWeights,
-                allowDownload=downloadAllowed(panel.logic.missingWeights(samWeights, "sam_vit_b")),
+                allowDownload=downloadAllowed(missing),
                 waitForCompletion=False, progress=panel.showProgress,
                 onDone=self._onSupervoxels, onError=panel.onJobFailed)
         panel.updateButtons()
