@@ -137,8 +137,11 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_finished_cases(ray_cluster, coho
     cases = file_cases(find_inputs(str(cohort)), out, read_image)
     workers: list[str] = []
 
+    interrupted: list[str] = []
+
     def interrupt_after_the_first(result) -> None:  # Ctrl-C as the first case is recorded
-        if result.status == "done":
+        if result.status == "done" and not interrupted:
+            interrupted.append(result.name)
             raise KeyboardInterrupt
 
     recipe = EngineRecipe("vista3d", str(small_checkpoint), "cpu", labels="liver,spleen")
@@ -147,11 +150,13 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_finished_cases(ray_cluster, coho
                    on_result=interrupt_after_the_first, on_start=lambda case, worker: workers.append(worker),
                    say=lambda text: None)
     rows = summary_rows(out)
-    done = [name for name, row in rows.items() if row["status"] == "done"]
-    assert len(done) == 1 and set(rows) == {case.name for case in cases}
+    done = {name for name, row in rows.items() if row["status"] == "done"}
+    assert set(rows) == {case.name for case in cases} and done and len(done) < len(CROPS)  # stopped early
     assert all(row["status"] == "not run" and row["message"] == "cancelled" for name, row in rows.items()
                if name not in done)
-    assert {path.name for path in out.glob("*.nii.gz")} == {f"{done[0]}.nii.gz"} and leftovers(out) == []
+    # What is there is whole and listed as done (the other worker may have finished its case as it stopped).
+    assert {path.name for path in out.glob("*.nii.gz")} == {f"{name}.nii.gz" for name in done}
+    assert leftovers(out) == []
     for worker in set(workers):  # stopped: their names are free again
         with pytest.raises(ValueError):
             ray_cluster.get_actor(worker)

@@ -239,8 +239,8 @@ class _Dispatcher:
                                                   outcome["seconds"], outcome["worker"]))
         except KeyboardInterrupt:
             self._stop_workers()
-            self._delete_leftovers([case for case, *_ in running.values()])
-            for case in [case for case, *_ in running.values()] + [case for case, _ in queue]:
+            self._record_stopped(running)
+            for case, _attempt in queue:
                 self.record(case, BatchResult(case.name, "not run", "cancelled"))
             raise
         self._stop_workers()
@@ -260,6 +260,27 @@ class _Dispatcher:
                 idle.remove(index)
                 return case, attempt, index
         return None
+
+    def _record_stopped(self, running: dict) -> None:
+        """Record the cases the stopped workers had: done where the worker finished (it may have, as it was
+        stopped: an output is only ever whole, so one in place is a finished case), else "not run", with the
+        temporary files of their writes deleted."""
+        ray = self.ray
+        if running:
+            ray.wait(list(running), num_returns=len(running), timeout=30)  # each finished, or its worker gone
+        for reference, (case, _attempt, _index, started) in running.items():
+            try:
+                outcome = ray.get(reference, timeout=0)
+            except Exception:  # its worker was stopped first (Ray's errors differ by where it was stopped)
+                outcome = None
+            if outcome is not None and outcome["status"] == "done":
+                self.record(case, BatchResult(case.name, "done", "", outcome["seconds"], outcome["worker"]))
+            elif self.output.path(case).exists():
+                self.record(case, BatchResult(case.name, "done", "finished as the run was stopped",
+                                              time.perf_counter() - started))
+            else:
+                self._delete_leftovers([case])
+                self.record(case, BatchResult(case.name, "not run", "cancelled"))
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
