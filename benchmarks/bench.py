@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 import platform
 import resource
 import sys
@@ -223,7 +223,7 @@ def run_server_benchmark(url: str, token_file: Optional[str], input_path: Option
 
     from VISTA3DSlicerLib.io import read_image
     from VISTA3DSlicerLib.remote import RemoteEngine, read_token
-    from VISTA3DSlicerLib.round_trips import as_records, describe, measure_round_trips
+    from VISTA3DSlicerLib.round_trips import describe, measure_round_trips
 
     source = _source(input_path)
     image = read_image(source)
@@ -235,7 +235,7 @@ def run_server_benchmark(url: str, token_file: Optional[str], input_path: Option
     result = {"date": datetime.date.today().isoformat(), "command": _command(),
               "machine": f"client {host.node() or 'here'} ({os.cpu_count()} cores) to {engine.device}",
               "weights": f"the server's ({engine.model.title}, sha256 {str(engine.info.get('weights_sha256'))[:12]}...)",
-              "exchanges": as_records(exchanges)}
+              "exchanges": [asdict(exchange) for exchange in exchanges]}
     _append_section(output, f"server round trips ({url})", result, rows,
                     context="Bytes are request and reply bodies (Zstandard-compressed arrays, JSON); a click's "
                             "reply is the box of voxels that changed.")

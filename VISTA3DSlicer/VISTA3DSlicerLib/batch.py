@@ -291,6 +291,11 @@ def _image_extension(path: Path) -> str:
     return next((suffix for suffix in IMAGE_EXTENSIONS if path.name.lower().endswith(suffix)), "")
 
 
+def _check_format(output_format: str) -> None:
+    if output_format not in OUTPUT_FORMATS:
+        raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
+
+
 @dataclass(frozen=True)
 class BatchOutput:
     """Where and how a batch writes its cases: ``<name>.<format>`` in ``out_dir`` (and
@@ -305,9 +310,7 @@ class BatchOutput:
     label_space: Optional["LabelSpace"] = None
 
     def __post_init__(self) -> None:
-        if self.output_format not in OUTPUT_FORMATS:
-            raise VISTA3DError(
-                f"Batch output format {self.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
+        _check_format(self.output_format)
 
     def path(self, case: BatchCase) -> Path:
         return self.out_dir / f"{case.name}.{_ENDINGS.get(self.output_format, self.output_format)}"
@@ -421,19 +424,20 @@ def automatic_segmenter(model: "SegmentationModel", labels: Optional[str], modal
     from .ct_check import choose_modality
 
     model.labels.automatic_prompt(labels, modality)  # a bad prompt fails before anything loads
-    engine: list = []
+    engine: Optional["Engine"] = None
 
     def segment(case: BatchCase, image: "Image", progress: ProgressCallback, cancel: CancelToken) -> "Image":
+        nonlocal engine
         choice = choose_modality(model, image, modality)
         if choice.message:
             say(f"{'warning' if choice.warning else 'note'}: {case.name}: {choice.message}")
         label_ids = model.labels.automatic_prompt(labels, choice.modality)
-        if not engine:
+        if engine is None:
             try:
-                engine.append(load_engine())
+                engine = load_engine()
             except Exception as error:  # a model that cannot load fails the whole batch, once
                 raise StopBatch() from error
-        return engine[0].segment(image, label_ids, progress=progress, cancel=cancel)
+        return engine.segment(image, label_ids, progress=progress, cancel=cancel)
 
     return segment
 
@@ -462,9 +466,8 @@ def segment_cases(
     each case. ``StopBatch`` from ``segment`` stops the batch and its cause is raised once the summary
     is written. ``label_space``: the model's labels (names and colours of the outputs; default VISTA3D's).
     """
+    _check_format(output_format)  # without a folder too: a wrong format is a mistake to say at once
     output = BatchOutput(out_dir, output_format, overwrite, preview, label_space) if out_dir is not None else None
-    if output is None and output_format not in OUTPUT_FORMATS:
-        raise VISTA3DError(f"Batch output format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}.")
     if output is not None:
         output.check_inputs(cases)
     stopped: list[BaseException] = []

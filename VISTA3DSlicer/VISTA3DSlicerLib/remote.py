@@ -34,6 +34,7 @@ from .geometry import Image
 from .interactive import Click, Edit, PointSpace, click_index
 from .models import MODELS
 from .progress import CancelToken, ProgressCallback, check_cancelled, report
+from .supervoxels import N_SEGMENTS
 
 TOKEN_VARIABLE = "VISTA3D_SERVER_TOKEN"
 #: The protocol this client speaks (the server says its own in /v1/info).
@@ -272,7 +273,7 @@ class RemoteSession:
         report(progress, 1, 1, "Done")
         return self.image.with_array(labelmap)
 
-    def supervoxels(self, roi: Optional[tuple[slice, slice, slice]] = None, *, n_segments: int = 400,
+    def supervoxels(self, roi: Optional[tuple[slice, slice, slice]] = None, *, n_segments: int = N_SEGMENTS,
                     progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Image:
         """SAM supervoxels of the volume inside ``roi`` (None: all of it), made by the server with its
         own SAM (``supervoxels.compute_supervoxels``): labels on the volume's grid, 0 outside ``roi``."""

@@ -9,7 +9,6 @@ server's own work; their difference is the overhead of the link, the encoding an
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from .geometry import Image
 if TYPE_CHECKING:
     from .remote import Exchange, RemoteEngine
 
-__all__ = ["phantom_ct", "measure_round_trips", "describe", "as_records"]
+__all__ = ["phantom_ct", "measure_round_trips", "describe"]
 
 _NAMES = {"upload": "upload (the volume, once)", "clicks": "click", "supervoxels": "supervoxels around the structure"}
 
@@ -73,8 +72,3 @@ def describe(exchanges: Sequence["Exchange"], labels: str) -> list[tuple[str, st
                            f"round trip {exchange.seconds:.3f} s, server {server:.3f} s, overhead "
                            f"{exchange.seconds - server:.3f} s"))
     return rows
-
-
-def as_records(exchanges: Sequence["Exchange"]) -> list[dict]:
-    """The exchanges as plain dictionaries (for JSON)."""
-    return [asdict(exchange) for exchange in exchanges]
